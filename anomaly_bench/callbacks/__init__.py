@@ -1,0 +1,1 @@
+"""Callbacks: heat-map visualiser, run-info writer, checkpointing defaults."""

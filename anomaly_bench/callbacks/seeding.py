@@ -1,0 +1,33 @@
+"""Per-epoch reseeding, so that a resumed run trains exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+
+
+class EpochSeed(Callback):
+    """Reseed torch, NumPy and ``random`` at the start of every training epoch from (seed, epoch).
+
+    Lightning restores weights, optimisers and schedulers on resume, but not the global RNG
+    streams, so shuffling, augmentation and the methods' own sampling (coordinate jitter, Feature
+    Block Paste, diffusion noise) would differ after ``--ckpt_path last``. Deriving every epoch's
+    streams from (seed, epoch) alone removes that difference. DataLoader workers derive their seeds
+    from the torch stream at iterator creation, which happens after this hook.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def epoch_seed(self, epoch: int, rank: int) -> int:
+        return (self.seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also seeds every CUDA device

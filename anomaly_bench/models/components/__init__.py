@@ -1,0 +1,1 @@
+"""Parts shared by several methods: feature extractor, continuous grids, anomaly synthesis, diffusion helpers."""
