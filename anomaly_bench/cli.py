@@ -37,6 +37,7 @@ from anomaly_bench.data.io import DataError
 from anomaly_bench.models import AnomalyModule
 
 DEFAULT_SEED = 42
+RUN_DIR_ENV = "ANOMALY_BENCH_RUN_DIR"
 DEFAULT_ROOT = "results"
 
 # extra subcommands: name -> (module, function, one-line help)
@@ -88,7 +89,7 @@ class RunConfigSaver(SaveConfigCallback):
             run_dir.mkdir(parents=True, exist_ok=True)
             subcommand = _STAGE_TO_SUBCOMMAND.get(stage, stage)
             name = "config.yaml" if subcommand == "fit" else f"config_{subcommand}.yaml"
-            self.parser.save(self.config, str(run_dir / name), skip_none=False, overwrite=True,
+            self.parser.save(self.config, str(run_dir / name), overwrite=True,
                              multifile=False)
             runs.write_json(run_dir / f"run_info_{subcommand}.json", runs.run_info(subcommand))
             self.save_config(trainer, pl_module, stage)
@@ -169,7 +170,10 @@ class AnomalyBenchCLI(LightningCLI):
         exp_dir = runs.experiment_dir(root, model_name, data_name, category)
         ckpt = config.get("ckpt_path")
 
-        if config.get("run_dir"):
+        if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+            # a DDP child process re-runs this command line: use rank 0's run directory
+            run_dir = Path(os.environ[RUN_DIR_ENV])
+        elif config.get("run_dir"):
             run_dir = Path(config.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
         elif ckpt in ("last", "best"):
@@ -188,10 +192,29 @@ class AnomalyBenchCLI(LightningCLI):
             config.ckpt_path = runs.resolve_checkpoint(ckpt, run_dir)
         config.trainer.default_root_dir = str(run_dir)
         self.run_dir = run_dir
-        if not os.environ.get("WANDB_DIR"):
-            os.environ["WANDB_DIR"] = str(run_dir)
-        if not os.environ.get("WANDB_MODE") and not _wandb_key_available():
-            os.environ["WANDB_MODE"] = "offline"  # no key: keep the run, write W&B files locally
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by DDP child processes
+        self._configure_wandb(config, run_dir, model_name, data_name)
+
+    @staticmethod
+    def _configure_wandb(config: Any, run_dir: Path, model_name: str, data_name: str) -> None:
+        """W&B files in the run directory, one W&B run per run directory (fit and test together),
+        offline without an API key. Only values the user left unset are filled in."""
+        loggers = config.trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        for spec in loggers:
+            if not hasattr(spec, "get") or not str(spec.get("class_path", "")).endswith("WandbLogger"):
+                continue
+            if spec.get("init_args") is None:
+                spec.init_args = type(spec)()
+            args = spec.init_args
+            if args.get("save_dir") in (None, ".", ""):
+                args.save_dir = str(run_dir)
+            if args.get("name") is None:
+                args.name = f"{model_name}/{data_name}/{run_dir.parent.name}/{run_dir.name}"
+            if args.get("id") is None and args.get("version") is None:
+                args.id = _wandb_run_id(run_dir)
+            if not os.environ.get("WANDB_MODE") and not _wandb_key_available() and not args.get("offline"):
+                args.offline = True  # no key: keep the run, write W&B files locally (`wandb sync` later)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -284,6 +307,19 @@ class _RawFormatter:
         return Formatter(*args, **kwargs)
 
 
+def _wandb_run_id(run_dir: Path) -> str:
+    """A random W&B run id kept in the run directory, so fit, test and resumes share one W&B run."""
+    import secrets
+
+    id_file = run_dir / "wandb_run_id"
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = secrets.token_hex(8)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run_id)
+    return run_id
+
+
 def _wandb_key_available() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -347,7 +383,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in EXTRA_SUBCOMMANDS:
             return _run_extra(argv[0], argv[1:])
-        AnomalyBenchCLI(args=argv)
+        AnomalyBenchCLI(args=None if args is None else argv)
     except USER_ERRORS as err:
         if debug:
             raise

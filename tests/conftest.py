@@ -6,12 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Two shared cores: one torch thread per test process is much faster than oversubscribing.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

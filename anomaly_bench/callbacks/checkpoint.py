@@ -27,5 +27,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
-            return  # nothing to rank by this epoch: keep last.ckpt only
+            # Nothing to rank by this epoch. Lightning writes last.ckpt only in a step where a
+            # top-k save happened, so mark this step as handled: last.ckpt is still written.
+            self._last_global_step_saved = trainer.global_step
+            return
         super()._save_topk_checkpoint(trainer, monitor_candidates)

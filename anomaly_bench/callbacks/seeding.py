@@ -17,7 +17,8 @@ class EpochSeed(Callback):
     streams, so shuffling, augmentation and the methods' own sampling (coordinate jitter, Feature
     Block Paste, diffusion noise) would differ after ``--ckpt_path last``. Deriving every epoch's
     streams from (seed, epoch) alone removes that difference. DataLoader workers derive their seeds
-    from the torch stream at iterator creation, which happens after this hook.
+    from the torch stream at iterator creation, which happens after this hook. The training
+    samplers' ``set_epoch`` is called with the current epoch (see ``EpochShuffleSampler``).
     """
 
     def __init__(self, seed: int = 0) -> None:
@@ -31,3 +32,21 @@ class EpochSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also seeds every CUDA device
+        for sampler in _train_samplers(trainer):
+            sampler.set_epoch(trainer.current_epoch)
+
+
+def _train_samplers(trainer: Any) -> list[Any]:
+    """Samplers of the training dataloaders that take ``set_epoch`` (e.g. ``EpochShuffleSampler``)."""
+    from lightning.fabric.utilities.apply_func import apply_to_collection
+    from torch.utils.data import DataLoader
+
+    found: list[Any] = []
+
+    def visit(loader: DataLoader) -> None:
+        for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+            if callable(getattr(sampler, "set_epoch", None)) and sampler not in found:
+                found.append(sampler)
+
+    apply_to_collection(trainer.train_dataloader, DataLoader, visit)
+    return found

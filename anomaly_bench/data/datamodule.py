@@ -265,10 +265,11 @@ class AnomalyDataModule(LightningDataModule):
     # ------------------------------------------------------------------------- dataloaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
-        generator = torch.Generator()
         # the order follows seed_everything (PL_GLOBAL_SEED) as well as this datamodule's seed
         order_seed = self.seed * 65_537 + int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = EpochShuffleSampler(len(dataset), order_seed, generator) if shuffle else None
+        sampler = EpochShuffleSampler(len(dataset), order_seed) if shuffle else None
+        # a private generator for the workers' base seeds keeps iterator creation off the global RNG
+        generator = torch.Generator().manual_seed(order_seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -11,16 +11,17 @@ from torch.utils.data import Sampler
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation per epoch drawn from a private generator reseeded by ``set_epoch``.
 
-    Lightning calls ``set_epoch`` before every training epoch, also on the first epoch after
-    ``--ckpt_path last``; a plain ``shuffle=True`` draws its seed from the global RNG at a moment
-    that differs between a fresh and a resumed run. Passing the same ``generator`` to the DataLoader
-    keeps iterator creation (worker base seeds) off the global RNG too.
+    A plain ``shuffle=True`` draws its seed from the global RNG at a moment that differs between a
+    fresh and a resumed run. Lightning calls ``set_epoch`` before each epoch, but after resuming from
+    an end-of-epoch checkpoint it passes the number of *processed* epochs (one less than the epoch
+    about to run), so ``anomaly_bench.callbacks.EpochSeed`` calls ``set_epoch(trainer.current_epoch)``
+    again at the epoch start; the permutation is drawn lazily, after that.
     """
 
-    def __init__(self, length: int, seed: int, generator: torch.Generator) -> None:
+    def __init__(self, length: int, seed: int) -> None:
         self.length = int(length)
         self.seed = int(seed)
-        self.generator = generator
+        self.generator = torch.Generator()
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,8 +1,9 @@
 """A tiny AnomalyModule that proves the spine before (and independently of) the real methods.
 
-mode="stats": per-channel colour statistics of the training normals (sums in buffers, reduced over
-DDP ranks), map = squared z-score averaged over channels and smoothed; no gradients, so the result
-does not depend on how batches are split over processes (the DDP test relies on that).
+mode="memory": a bank of raw 3x3 pixel patches from the training normals; the map is each pixel's
+nearest-neighbour distance to the bank (a pixel-space PatchCore). No gradients, and the bank is
+gathered over DDP ranks, so the result does not depend on how batches are split over processes
+(the DDP test relies on that).
 mode="learned": a two-layer conv denoiser trained with SGD on noisy inputs; exercises optimisers,
 checkpoint resume and seeding (its result depends on shuffling and noise).
 """
@@ -22,56 +23,58 @@ from anomaly_bench.types import LABEL_NORMAL, AnomalyOutput, Batch
 
 
 class TinyModel(AnomalyModule):
-    def __init__(self, mode: str = "stats", lr: float = 0.05, noise: float = 0.2,
+    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000,
                  evaluator: Any = True, visualizer: Any = True) -> None:
         super().__init__(evaluator=evaluator, visualizer=visualizer)
-        if mode not in ("stats", "learned"):
-            raise ValueError(f"TinyModel.mode must be 'stats' or 'learned', got {mode!r}")
-        self.mode, self.lr, self.noise = mode, lr, noise
+        if mode not in ("memory", "learned"):
+            raise ValueError(f"TinyModel.mode must be 'memory' or 'learned', got {mode!r}")
+        self.mode, self.lr, self.noise, self.bank_size = mode, lr, noise, bank_size
         self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("total", torch.zeros(3, dtype=torch.float64))
-        self.register_buffer("total_sq", torch.zeros(3, dtype=torch.float64))
+        self.register_buffer("bank", torch.empty(0, 27))
         self.automatic_optimization = mode == "learned"
+        self._epoch_patches: list[Tensor] = []
 
     def forward(self, images: Tensor) -> AnomalyOutput:
-        if self.mode == "stats":
-            count = self.count.clamp_min(1)
-            mean = (self.total / count).float().view(1, 3, 1, 1)
-            var = (self.total_sq / count).float().view(1, 3, 1, 1) - mean**2
-            amap = ((images - mean) ** 2 / var.clamp_min(1e-6)).mean(1, keepdim=True)
+        b, _, h, w = images.shape
+        if self.mode == "memory":
+            patches = F.unfold(images, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+            distances = torch.cdist(patches, self.bank).amin(1) if len(self.bank) else patches.norm(dim=1)
+            amap = distances.view(b, 1, h, w)
         else:
             amap = (images - self.net(images)).abs().mean(1, keepdim=True)
-        amap = F.avg_pool2d(amap, 5, stride=1, padding=2)[:, 0]
+        amap = F.avg_pool2d(amap, 3, stride=1, padding=1)[:, 0]
         return AnomalyOutput(anomaly_map=amap, pred_score=amap.flatten(1).amax(1))
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         images = batch.image[batch.label == LABEL_NORMAL]
-        if self.mode == "stats":
-            pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
-            self._epoch_stats += torch.stack([pixels.new_full((3,), pixels.shape[1]), pixels.sum(1),
-                                              (pixels**2).sum(1)])
+        if self.mode == "memory":
+            self._epoch_patches.append(F.unfold(images, 3, padding=1).transpose(1, 2).reshape(-1, 27).detach())
             return None
         noisy = images + self.noise * torch.randn_like(images)
         loss = F.mse_loss(self.net(noisy), images)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_stats = torch.zeros(3, 3, dtype=torch.float64, device=self.device)
-
     def on_train_epoch_end(self) -> None:
-        if self.mode != "stats":
+        if self.mode != "memory" or not self._epoch_patches:
             return
-        stats = self._epoch_stats
-        if self.trainer.world_size > 1:  # every rank saw its own shard of this epoch: add them up
-            stats = self.all_gather(stats).sum(0)
-        self.count += stats[0, 0]
-        self.total += stats[1]
-        self.total_sq += stats[2]
+        patches = torch.cat(self._epoch_patches)
+        self._epoch_patches = []
+        if self.trainer.world_size > 1:  # every rank saw its own shard: pool them
+            patches = self.all_gather(patches).reshape(-1, 27)
+        # a deterministic, order-independent subsample: sort rows, then take an even stride
+        order = torch.argsort(patches @ torch.linspace(1, 2, 27, device=patches.device, dtype=patches.dtype))
+        patches = patches[order]
+        stride = max(1, len(patches) // self.bank_size)
+        self.bank = patches[::stride][: self.bank_size].contiguous()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        if prefix + "bank" in state_dict:  # the bank's size is only known after training
+            self.bank = torch.empty_like(state_dict[prefix + "bank"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def configure_optimizers(self) -> Any:
-        if self.mode == "stats":
+        if self.mode == "memory":
             return None
         return torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
 
