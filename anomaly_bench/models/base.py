@@ -75,20 +75,16 @@ class AnomalyModule(LightningModule):
 
     # ------------------------------------------------------------------------------- callbacks
     def configure_callbacks(self) -> list[Callback]:
-        from anomaly_bench.callbacks.scores import ScoreWriter
-        from anomaly_bench.callbacks.visualizer import Visualizer
-        from anomaly_bench.metrics import Evaluator
-
         present = list(self.trainer.callbacks) if self._trainer is not None else []
         callbacks: list[Callback] = []
-        wanted_callbacks = ((self.evaluator, Evaluator), (self.visualizer, Visualizer), (True, ScoreWriter))
-        for wanted, cls in wanted_callbacks:
+        for wanted, load in ((self.evaluator, _evaluator_class), (self.visualizer, _visualizer_class),
+                             (True, _score_writer_class)):
+            if not wanted:
+                continue  # switched off: not even imported
+            cls = load()
             if any(isinstance(cb, cls) for cb in present):
                 continue  # the user's own instance wins; never replace it
-            if isinstance(wanted, Callback):
-                callbacks.append(wanted)
-            elif wanted:
-                callbacks.append(cls())
+            callbacks.append(wanted if isinstance(wanted, Callback) else cls())
         return callbacks
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -101,3 +97,21 @@ class AnomalyModule(LightningModule):
     def param_groups(named: dict[str, list[torch.nn.Parameter]], lrs: dict[str, float]) -> list[dict[str, Any]]:
         """Build optimiser parameter groups from named lists, skipping empty ones."""
         return [{"params": p, "lr": lrs[name], "name": name} for name, p in named.items() if p]
+
+
+def _evaluator_class() -> type[Callback]:
+    from anomaly_bench.metrics import Evaluator
+
+    return Evaluator
+
+
+def _visualizer_class() -> type[Callback]:
+    from anomaly_bench.callbacks.visualizer import Visualizer
+
+    return Visualizer
+
+
+def _score_writer_class() -> type[Callback]:
+    from anomaly_bench.callbacks.scores import ScoreWriter
+
+    return ScoreWriter
