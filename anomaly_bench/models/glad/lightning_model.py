@@ -222,6 +222,7 @@ class GLAD(AnomalyModule):
                      self.calibrated_tau[category], len(values))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint[CALIBRATION_CHECKPOINT_KEY] = dict(self.calibrated_tau)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
