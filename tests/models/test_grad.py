@@ -1,0 +1,322 @@
+"""Bi-grid GRAD: shapes, stage logic, frozen abnormal branch in stage B, end-to-end detection."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from anomaly_bench.models.grad import BiGridGRAD, BiGridGRADModel
+from anomaly_bench.models.grad.torch_model import standardise_per_image_channel
+from anomaly_bench.types import Batch, collate_items
+
+IMAGE = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CI box has 2 shared cores: one intra-op thread is ~10x faster than two under load."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_grad(**overrides) -> BiGridGRAD:
+    args = dict(
+        backbone="tiny",
+        pretrained=False,
+        image_size=IMAGE,
+        local_resolution=8,
+        global_resolution=2,
+        fusion_blocks=1,
+        abnormal_epochs=1,
+        normal_epochs=1,
+        evaluator=False,
+        visualizer=False,
+    )
+    args.update(overrides)
+    module = BiGridGRAD(**args)
+    module.configure_callbacks = lambda: []  # this file checks the model alone, not the Evaluator
+    return module
+
+
+def _stripes(image_size: int, vertical: bool, phase: float) -> torch.Tensor:
+    coords = torch.arange(image_size).float()
+    wave = torch.sin(coords / 3.0 + phase)
+    field = wave[:, None] if vertical else wave[None, :]
+    return field.expand(image_size, image_size)
+
+
+def make_items(n_normal: int, n_anomalous: int, seed: int) -> list[dict]:
+    """Normal images: stripes across x at a random phase. Anomalies: a square of stripes across y
+    with the same amplitude and colour, so feature magnitude alone does not give them away."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.tensor([1.0, -0.5, 0.2])[:, None, None]
+    items = []
+    for i in range(n_normal + n_anomalous):
+        phase = float(torch.rand((), generator=g)) * 6.28
+        image = _stripes(IMAGE, False, phase) * colour + 0.05 * torch.randn(3, IMAGE, IMAGE, generator=g)
+        mask = torch.zeros(IMAGE, IMAGE)
+        label = int(i >= n_normal)
+        if label:
+            size = int(torch.randint(12, 20, (), generator=g))
+            top, left = [int(v) for v in torch.randint(4, IMAGE - size - 4, (2,), generator=g)]
+            rotated = _stripes(IMAGE, True, phase) * colour
+            image[:, top : top + size, left : left + size] = rotated[:, top : top + size, left : left + size]
+            mask[top : top + size, left : left + size] = 1.0
+        items.append(
+            dict(
+                image=image,
+                label=label,
+                mask=mask,
+                orig_size=(IMAGE, IMAGE),
+                category="stripes",
+                defect="rotated" if label else "good",
+                path=f"img_{seed}_{i}.png",
+            )
+        )
+    return items
+
+
+def loader(items: list[dict], batch_size: int = 8, shuffle: bool = False) -> DataLoader:
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_items)
+
+
+def trainer(max_epochs: int, callbacks: list[Callback] | None = None, **kwargs) -> Trainer:
+    return Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks or [],
+        **kwargs,
+    )
+
+
+# ------------------------------------------------------------------------------------ structure
+def test_efficientnet_b6_default_gives_272_channels_at_32x32() -> None:
+    model = BiGridGRADModel(pretrained=False, fusion_blocks=1)
+    assert model.feature_shape == (272, 32, 32)
+    assert model.normal.local_grid.grid.shape == (1, 272, 32, 32)
+    assert model.normal.global_grid.grid.shape == (1, 272 * 32 * 32, 4, 4)
+    for name, p in model.normal.named_parameters():
+        assert p.shape == dict(model.abnormal.named_parameters())[name].shape, name
+    assert model.normal.fusion[0].body[0].in_channels == 544
+    assert model.fusion_weight.item() == pytest.approx(-0.2)
+
+
+def test_both_grid_pairs_are_sampled_with_the_same_coordinates() -> None:
+    model = tiny_grad().model
+    model.eval()
+    x = torch.randn(2, *model.feature_shape)
+    # Make both branches identical: then the same coordinates must give the same samples.
+    model.abnormal.load_state_dict(model.normal.state_dict())
+    model.abnormal.standardise = False
+    rec = model.reconstruct(x)
+    assert torch.allclose(rec.normal, rec.abnormal)
+    assert torch.allclose(rec.fused, rec.normal * (1 + model.fusion_weight))
+
+
+def test_abnormal_sample_is_standardised_per_image_and_channel() -> None:
+    t = torch.randn(3, 5, 4, 6) * torch.rand(3, 5, 1, 1) * 10 + torch.randn(3, 5, 1, 1) * 7
+    z = standardise_per_image_channel(t)
+    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(3, 5), atol=1e-5)
+    assert torch.allclose(z.flatten(2).std(dim=2, unbiased=True), torch.ones(3, 5), atol=1e-4)
+
+
+def test_convex_fusion_uses_the_fixed_lambda() -> None:
+    model = tiny_grad(fusion_mode="convex", fusion_lambda=0.7).model
+    assert not isinstance(getattr(model, "fusion_weight", None), torch.nn.Parameter)
+    n, a = torch.ones(1, 2, 2, 2), torch.full((1, 2, 2, 2), 3.0)
+    assert torch.allclose(model.fuse(n, a), torch.full_like(n, 0.7 + 0.3 * 3.0))
+    with pytest.raises(ValueError, match="fusion_mode"):
+        tiny_grad(fusion_mode="sum")
+
+
+def test_optimizer_groups_follow_the_official_settings() -> None:
+    module = tiny_grad()
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["grids"]["lr"] == pytest.approx(0.1) and groups["nets"]["lr"] == pytest.approx(1e-3)
+    assert all(g["weight_decay"] == pytest.approx(0.01) for g in optimizer.param_groups)
+    assert len(groups["grids"]["params"]) == 4  # local + global, normal + abnormal
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trainable == in_optimizer, "every trainable parameter (and only those) is optimised"
+    backbone = {id(p) for p in module.model.feature_extractor.parameters()}
+    assert not backbone & in_optimizer
+
+
+def test_stage_schedule_and_lr_decay_restart_per_stage() -> None:
+    module = tiny_grad(abnormal_epochs=3, normal_epochs=5, lr_step_epochs=2, lr_gamma=0.5)
+    assert [module.stage_at(e) for e in range(8)] == ["abnormal"] * 3 + ["normal"] * 5
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = [scheduler.lr_lambdas[0](e) for e in range(8)]
+    assert factors == [1.0, 1.0, 0.5, 1.0, 1.0, 0.5, 0.5, 0.25]
+    ablation = tiny_grad(use_abnormal_grid=False, abnormal_epochs=3, normal_epochs=2)
+    assert ablation.total_epochs == 2 and ablation.stage_at(0) == "normal"
+
+
+@pytest.mark.parametrize("source", ["fbp", "gaussian_noise", "real"])
+def test_stage_a_step_trains_the_abnormal_branch_from_each_source(source: str) -> None:
+    module = tiny_grad(anomaly_source=source)
+    module.apply_stage("abnormal")
+    batch = collate_items(make_items(2, 2, seed=1))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert loss.item() > 0
+    assert module.model.abnormal.local_grid.grid.grad is not None
+    assert all(p.grad is None for p in module.model.normal.parameters())
+
+
+# ------------------------------------------------------------------------------ training stages
+class _Snapshots(Callback):
+    """State of every branch at the start of each training epoch and at the end of fit."""
+
+    def __init__(self) -> None:
+        self.at_epoch_start: dict[int, dict] = {}
+        self.stages: list[str] = []
+        self.final: dict | None = None
+
+    @staticmethod
+    def _state(module: BiGridGRAD) -> dict:
+        m = module.model
+        return {
+            "abnormal": copy.deepcopy(m.abnormal.state_dict()),  # parameters AND BN buffers
+            "normal": copy.deepcopy(m.normal.state_dict()),
+            "mapper": copy.deepcopy(m.mapper.state_dict()),
+            "w": float(m.fusion_weight),
+        }
+
+    def on_train_epoch_start(self, trainer: Trainer, module: BiGridGRAD) -> None:
+        self.at_epoch_start[trainer.current_epoch] = self._state(module)
+        self.stages.append(module.stage)
+
+    def on_fit_end(self, trainer: Trainer, module: BiGridGRAD) -> None:
+        self.final = self._state(module)
+
+
+def _changed(a: dict, b: dict, names: list[str] | None = None) -> list[str]:
+    return [k for k in (names or list(a)) if not torch.equal(a[k], b[k])]
+
+
+def test_stage_b_keeps_the_abnormal_branch_bit_identical_and_trains_the_normal_branch() -> None:
+    torch.manual_seed(0)
+    module = tiny_grad(abnormal_epochs=1, normal_epochs=2)
+    snaps = _Snapshots()
+    items = make_items(16, 0, seed=2)
+    trainer(3, [snaps], limit_val_batches=1).fit(module, loader(items), loader(make_items(2, 2, seed=3)))
+    assert snaps.stages == ["abnormal", "normal", "normal"]
+    start_a, start_b, final = snaps.at_epoch_start[0], snaps.at_epoch_start[1], snaps.final
+    # stage A moved the abnormal branch (so the test below is not vacuous) but not the normal one
+    assert _changed(start_a["abnormal"], start_b["abnormal"])
+    assert not _changed(start_a["normal"], start_b["normal"])
+    # stage B: every abnormal parameter and BN statistic is bit-identical ...
+    assert not _changed(start_b["abnormal"], final["abnormal"])
+    # ... while the normal grids, its fusion stack, the mapper and w have all moved
+    normal_params = [n for n, _ in module.model.normal.named_parameters()]
+    changed = _changed(start_b["normal"], final["normal"], normal_params)
+    assert {"local_grid.grid", "global_grid.grid", "recover.weight"} <= set(changed)
+    assert any(n.startswith("fusion.") for n in changed)
+    assert _changed(start_b["mapper"], final["mapper"])
+    assert start_b["w"] != final["w"]
+
+
+def test_resuming_mid_run_resumes_stage_b(tmp_path) -> None:
+    torch.manual_seed(0)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    items = make_items(8, 0, seed=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer(2, [checkpoint], enable_checkpointing=True, limit_val_batches=0).fit(
+        tiny_grad(abnormal_epochs=1, normal_epochs=1), loader(items)
+    )
+    after_stage_a = tmp_path / "epoch=0.ckpt"
+    assert after_stage_a.is_file()
+    resumed = tiny_grad(abnormal_epochs=1, normal_epochs=1)
+    snaps = _Snapshots()
+    trainer(2, [snaps], limit_val_batches=0).fit(resumed, loader(items), ckpt_path=str(after_stage_a))
+    assert snaps.stages == ["normal"]
+    assert not _changed(snaps.at_epoch_start[1]["abnormal"], snaps.final["abnormal"])
+
+
+def test_model_owns_the_epoch_count(caplog) -> None:
+    module = tiny_grad(abnormal_epochs=1, normal_epochs=1)
+    snaps = _Snapshots()
+    with caplog.at_level(logging.WARNING):
+        trainer(5, [snaps], limit_val_batches=0).fit(module, loader(make_items(4, 0, seed=5)))
+    assert snaps.stages == ["abnormal", "normal"]
+    assert "abnormal_epochs + normal_epochs" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- end to end
+def _image_auroc(module: BiGridGRAD, items: list[dict]) -> float:
+    module.eval()
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in loader(items):
+            output = module(batch.image)
+            assert output.anomaly_map.shape == (len(batch), IMAGE, IMAGE)
+            scores += output.pred_score.tolist()
+            labels += batch.label.tolist()
+    return float(roc_auc_score(labels, scores))
+
+
+@pytest.mark.parametrize(("use_abnormal_grid", "min_auroc"), [(True, 0.9), (False, 0.75)])
+def test_end_to_end_training_detects_synthetic_defects(use_abnormal_grid: bool, min_auroc: float) -> None:
+    """Tiny-backbone stand-in for the paper set-up. Two departures, both because the random tiny
+    backbone's features are small (std ~0.35) and all positive (ReLU): the grid lr is 0.01 instead of
+    0.1 (0.1-sized Adam steps swamp such features), and refinement is off (cos(f_n, x) of positive
+    vectors is close to 1 everywhere, so S ~ 1 copies the input back and hides anomalies)."""
+    torch.manual_seed(0)
+    module = tiny_grad(
+        use_abnormal_grid=use_abnormal_grid,
+        layers=(1, 2),  # 16 ch @ /4 + 24 ch @ /8 -> 16x16 features
+        global_resolution=4,
+        fusion_blocks=2,
+        abnormal_epochs=4,
+        normal_epochs=16,
+        grid_lr=0.01,
+        net_lr=0.01,
+        use_refinement=False,
+    )
+    test_items = make_items(16, 16, seed=7)
+    before = _image_auroc(module, test_items)
+    train_loader = loader(make_items(64, 0, seed=6), batch_size=16, shuffle=True)
+    trainer(20, limit_val_batches=0).fit(module, train_loader)
+    if not use_abnormal_grid:
+        assert module.model.abnormal is None
+        assert not any("abnormal" in n for n, _ in module.named_parameters())
+    auroc = _image_auroc(module, test_items)
+    assert auroc > min_auroc, f"image AUROC {auroc:.3f} (before training {before:.3f})"
+    assert auroc > before + 0.1, f"training did not help: {before:.3f} -> {auroc:.3f}"
+
+
+def test_wrong_image_size_names_the_setting() -> None:
+    module = tiny_grad()
+    with pytest.raises(ValueError, match="image_size"):
+        module(torch.randn(1, 3, 32, 32))
+
+
+def test_bad_arguments_fail_early() -> None:
+    with pytest.raises(ValueError, match="anomaly_source"):
+        tiny_grad(anomaly_source="perlin")
+    with pytest.raises(ValueError, match="negative_margin"):
+        tiny_grad(negative_margin="one_sided")
+    with pytest.raises(ValueError, match="normal_epochs"):
+        tiny_grad(normal_epochs=0)
+
+
+def test_batch_type_is_what_the_loader_yields() -> None:
+    batch = next(iter(loader(make_items(2, 1, seed=0))))
+    assert isinstance(batch, Batch) and batch.mask.shape == (3, IMAGE, IMAGE)
