@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 
 import pytest
 import torch
@@ -88,7 +87,7 @@ def loader(items: list[dict], batch_size: int = 8, shuffle: bool = False) -> Dat
     return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_items)
 
 
-def trainer(max_epochs: int, callbacks: list[Callback] | None = None, **kwargs) -> Trainer:
+def trainer(max_epochs: int | None, callbacks: list[Callback] | None = None, **kwargs) -> Trainer:
     return Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
@@ -250,13 +249,17 @@ def test_resuming_mid_run_resumes_stage_b(tmp_path) -> None:
     assert not _changed(snaps.at_epoch_start[1]["abnormal"], snaps.final["abnormal"])
 
 
-def test_model_owns_the_epoch_count(caplog) -> None:
+def test_unset_max_epochs_becomes_the_sum_of_the_stages() -> None:
     module = tiny_grad(abnormal_epochs=1, normal_epochs=1)
     snaps = _Snapshots()
-    with caplog.at_level(logging.WARNING):
-        trainer(5, [snaps], limit_val_batches=0).fit(module, loader(make_items(4, 0, seed=5)))
+    trainer(None, [snaps], limit_val_batches=0).fit(module, loader(make_items(4, 0, seed=5)))
     assert snaps.stages == ["abnormal", "normal"]
-    assert "abnormal_epochs + normal_epochs" in caplog.text
+
+
+def test_conflicting_max_epochs_is_an_error_not_an_override() -> None:
+    module = tiny_grad(abnormal_epochs=1, normal_epochs=1)
+    with pytest.raises(ValueError, match="trainer.max_epochs=5 .*abnormal_epochs \\+ normal_epochs = 2"):
+        trainer(5, limit_val_batches=0).fit(module, loader(make_items(4, 0, seed=5)))
 
 
 # ----------------------------------------------------------------------------------- end to end
@@ -293,7 +296,7 @@ def test_end_to_end_training_detects_synthetic_defects(use_abnormal_grid: bool, 
     test_items = make_items(16, 16, seed=7)
     before = _image_auroc(module, test_items)
     train_loader = loader(make_items(64, 0, seed=6), batch_size=16, shuffle=True)
-    trainer(20, limit_val_batches=0).fit(module, train_loader)
+    trainer(None, limit_val_batches=0).fit(module, train_loader)  # the stages set the length
     if not use_abnormal_grid:
         assert module.model.abnormal is None
         assert not any("abnormal" in n for n, _ in module.named_parameters())

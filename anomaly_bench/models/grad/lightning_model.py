@@ -49,8 +49,9 @@ class BiGridGRAD(AnomalyModule):
     ``fusion_lambda``, ``jitter_*``, ``use_refinement``, ``refine_*``, ``init_std``.
 
     Training args:
-        abnormal_epochs / normal_epochs: length of stage A / stage B. The model sets the trainer's
-            ``max_epochs`` to their sum (only ``normal_epochs`` when the abnormal grid is off).
+        abnormal_epochs / normal_epochs: length of stage A / stage B. An unset ``trainer.max_epochs``
+            becomes their sum (only ``normal_epochs`` when the abnormal grid is off); a different
+            explicit value is an error, never silently replaced.
         anomaly_source: ``"fbp"`` | ``"gaussian_noise"`` | ``"real"`` (ground-truth masks of
             anomalous training images); ``anomaly_source_options`` are its constructor kwargs.
         contrastive_threshold / negative_margin: the truncated L1 (th, "symmetric" | "paper").
@@ -187,10 +188,12 @@ class BiGridGRAD(AnomalyModule):
         configured = fit_loop.max_epochs
         if configured != self.total_epochs:
             if configured not in (None, -1, _DEFAULT_MAX_EPOCHS):
-                log.warning(
-                    "BiGridGRAD: trainer.max_epochs=%s replaced by abnormal_epochs + normal_epochs = %d "
-                    "(stage A %d, stage B %d); set the stage lengths in model.init_args instead",
-                    configured, self.total_epochs, self.stage_a_epochs, self.hparams.normal_epochs,
+                # never override a Trainer setting the user chose: say which keys disagree
+                raise ValueError(
+                    f"BiGridGRAD: trainer.max_epochs={configured} disagrees with model.init_args "
+                    f"abnormal_epochs + normal_epochs = {self.total_epochs} (stage A {self.stage_a_epochs}, "
+                    f"stage B {self.hparams.normal_epochs}); set trainer.max_epochs to {self.total_epochs} "
+                    "or leave it unset, and choose the stage lengths in model.init_args"
                 )
             fit_loop.max_epochs = self.total_epochs
 
