@@ -1,0 +1,94 @@
+"""Patch-level detector (Table 8), DAE head (Table 9), map alignment and blur."""
+
+import pytest
+import torch
+
+from anomaly_bench.models.patchdiff.detector import (
+    DAEHead,
+    PatchDetector,
+    gaussian_blur,
+    patch_map_to_image,
+)
+from anomaly_bench.models.patchdiff.torch_model import DetectorSpec, PatchDiffGRADModel
+
+
+def test_detector_matches_table_8():
+    det = PatchDetector()
+    convs = [m for m in det.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 256, 256, 256, 1]
+    assert [c.kernel_size[0] for c in convs] == [4, 4, 3, 3, 3, 1, 1, 1]
+    assert [c.stride[0] for c in convs] == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert all(c.padding == (0, 0) for c in convs)
+    n_params = sum(p.numel() for p in det.parameters())
+    assert 2.85e6 < n_params < 2.95e6  # "around 2.9 million"
+    assert det(torch.zeros(2, 5, 34, 34)).shape == (2, 1, 1)
+    assert det(torch.zeros(1, 5, 256, 256)).shape == (1, 56, 56)
+
+
+def test_detector_receptive_field_is_34_with_stride_4():
+    det = PatchDetector(width=0.125).double()
+    for p in det.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 5, 70, 70, dtype=torch.float64, requires_grad=True)
+    out = det(x)
+    assert out.shape[-1] == 10  # (70 - 34) / 4 + 1
+    for cell in (0, 3):
+        x.grad = None
+        # a ReLU network can have dead units for one input; sum over two cells' worth of checks
+        out[0, cell, cell].backward(retain_graph=True)
+        hit = x.grad[0].abs().sum(0) > 0
+        rows = torch.nonzero(hit.any(1)).flatten()
+        assert rows.min() >= 4 * cell and rows.max() <= 4 * cell + 33
+
+
+def test_dae_head_shape_and_size():
+    head = DAEHead()
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [256, 256, 256, 5780]
+    assert all(c.kernel_size == (1, 1) for c in convs)
+    assert head(torch.zeros(3, 256, 1, 1)).shape == (3, 5, 34, 34)
+    assert head(torch.zeros(3, 256)).shape == (3, 5, 34, 34)
+
+
+def test_patch_map_lands_on_the_window_centre():
+    logit = torch.zeros(1, 56, 56)
+    logit[0, 10, 20] = 1.0
+    placed = patch_map_to_image(logit, (256, 256))
+    assert placed.shape == (1, 256, 256)
+    peak = torch.nonzero(placed[0] == placed[0].max()).float().mean(0)
+    # window (10, 20) covers rows 40..73 and cols 80..113: centre 56.5, 96.5
+    assert abs(peak[0].item() - 56.5) <= 1.0 and abs(peak[1].item() - 96.5) <= 1.0
+
+
+def test_gaussian_blur_preserves_mass_and_smooths():
+    maps = torch.zeros(1, 41, 41)
+    maps[0, 20, 20] = 1.0
+    blurred = gaussian_blur(maps, sigma=2.0)
+    assert blurred.shape == maps.shape
+    assert abs(blurred.sum().item() - 1.0) < 1e-4
+    assert blurred.max() < 0.1
+    assert torch.equal(gaussian_blur(maps, 0.0), maps)
+
+
+def test_multi_detector_scoring_uses_each_input_size():
+    specs = [DetectorSpec(256, [5, 9, 13]), DetectorSpec(128, [5, 9, 13]), DetectorSpec(64, [9, 13, 17])]
+    assert [s.name for s in specs] == ["level34", "level68", "level136"]
+    model = PatchDiffGRADModel(specs, generator_channels=4, detector_width=0.0625)
+    assert model.levels == [5, 9, 13, 17]
+    images = torch.rand(2, 3, 256, 256) * 2 - 1
+    maps, maxima = model.detector_maps(images)
+    assert [m.shape for m in maps] == [(2, 256, 256)] * 3
+    fused, score = model(images)
+    assert fused.shape == (2, 256, 256) and score.shape == (2,)
+    model.compute_fusion_stats(images)
+    assert bool(model.fusion_ready)
+    fused_std, score_std = model(images, fusion="standardized_sum")
+    assert torch.isfinite(fused_std).all() and torch.isfinite(score_std).all()
+
+
+def test_detector_spec_errors_are_clear():
+    with pytest.raises(ValueError, match="input_size"):
+        DetectorSpec(20, [5])
+    with pytest.raises(ValueError, match="unknown keys"):
+        DetectorSpec.parse({"input_size": 64, "levls": [5]}, "model.detectors[0]")
