@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly_bench.models.components.blur import gaussian_blur
+
 MOVES_4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
 MOVES_8 = MOVES_4 + ((-1, -1), (-1, 1), (1, -1), (1, 1))
 BOUNDARIES = ("wander", "clamp")
@@ -99,33 +101,14 @@ def random_walk(
     return path, canvas
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float) -> Tensor:
-    """Normalised 1-D Gaussian taps (torchvision's formula)."""
-    half = (kernel_size - 1) * 0.5
-    x = torch.linspace(-half, half, steps=kernel_size)
-    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
-    return pdf / pdf.sum()
-
-
-def gaussian_blur(maps: Tensor, kernel_size: int, sigmas: Tensor) -> Tensor:
-    """Blur ``[N, 1, H, W]`` maps, each with its own sigma, with reflect padding (as torchvision).
-
-    A sigma of 0 (or ``kernel_size <= 1``) leaves that map unchanged.
-    """
+def blur_per_map(maps: Tensor, kernel_size: int, sigmas: Tensor) -> Tensor:
+    """Blur ``[N, 1, H, W]`` maps, each with its own sigma (a sigma of 0 leaves that map unchanged)."""
     if kernel_size <= 1:
         return maps
-    if kernel_size % 2 == 0:
-        raise ValueError(f"Gaussian blur kernel size must be odd, got {kernel_size}")
     out = maps.clone()
-    pad = kernel_size // 2
     for i, sigma in enumerate(sigmas.tolist()):
-        if sigma <= 0:
-            continue
-        k1 = gaussian_kernel1d(kernel_size, sigma).to(maps)
-        kernel = torch.outer(k1, k1)[None, None]
-        mode = "reflect" if min(maps.shape[-2:]) > pad else "replicate"
-        padded = F.pad(maps[i : i + 1], (pad, pad, pad, pad), mode=mode)
-        out[i : i + 1] = F.conv2d(padded, kernel)
+        if sigma > 0:
+            out[i : i + 1, 0] = gaussian_blur(maps[i : i + 1, 0], sigma, kernel_size).to(maps.dtype)
     return out
 
 
@@ -232,7 +215,7 @@ class FeatureBlockPaste(nn.Module):
         blocks = [self.sample_block(height, width, generator) for _ in range(count)]
         paste, masks = self.render(blocks, height, width)
         sigmas = torch.tensor([b.sigma for b in blocks])
-        blurred = gaussian_blur(paste, self.blur_kernel_size, sigmas).to(features)
+        blurred = blur_per_map(paste, self.blur_kernel_size, sigmas).to(features)
         masks = masks.to(features.device).expand(batch, height, width)
         return features + blurred, masks
 

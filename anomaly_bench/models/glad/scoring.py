@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anomaly_bench.models.components.blur import gaussian_blur, gaussian_kernel1d  # noqa: F401  (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,28 +44,6 @@ def topk_mean(values: Tensor, k: int) -> Tensor:
     flat = values.reshape(values.shape[0], -1)
     k = max(1, min(int(k), flat.shape[1]))
     return flat.topk(k, dim=1).values.mean(dim=1)
-
-
-def gaussian_kernel1d(sigma: float, kernel_size: int | None = None) -> Tensor:
-    """Normalised 1-D Gaussian; default size 2·round(4σ)+1 (49 for σ = 6, as kornia in the official code)."""
-    size = kernel_size or 2 * int(round(4 * sigma)) + 1
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
-
-
-def gaussian_blur(maps: Tensor, sigma: float, kernel_size: int | None = None) -> Tensor:
-    """Separable Gaussian blur of [B, H, W] maps, reflect padding (kornia's default border)."""
-    if sigma <= 0:
-        return maps
-    kernel = gaussian_kernel1d(sigma, kernel_size).to(maps.device, torch.float32)
-    pad = kernel.numel() // 2
-    x = maps.float()[:, None]
-    mode = "reflect" if pad < min(x.shape[-2:]) else "replicate"
-    with full_precision(maps.device):
-        x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
-        x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode=mode), kernel.view(1, 1, -1, 1))
-    return x[:, 0]
 
 
 def tokens_to_map(distances: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:

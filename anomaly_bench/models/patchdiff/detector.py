@@ -8,9 +8,10 @@ the patch is *anomalous* (the paper's "positive" class is the normal one, scored
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from anomaly_bench.models.components.blur import gaussian_blur as shared_gaussian_blur
 
 PATCH_SIZE = 34  # receptive field of the FCN in pixels
 PATCH_STRIDE = 4  # output stride of the FCN
@@ -98,20 +99,7 @@ def patch_map_to_image(logit_map: Tensor, image_size: tuple[int, int],
 
 
 def gaussian_blur(maps: Tensor, sigma: float, kernel_size: int | None = None) -> Tensor:
-    """Separable Gaussian blur of [B, H, W] maps with reflect padding; sigma <= 0 is a no-op."""
-    if sigma <= 0:
-        return maps
-    if kernel_size is None:
-        kernel_size = 2 * int(torch.ceil(torch.tensor(3.0 * sigma)).item()) + 1
-    if kernel_size % 2 == 0:
-        raise ValueError(f"blur kernel_size must be odd, got {kernel_size}")
-    radius = kernel_size // 2
-    x = torch.arange(kernel_size, device=maps.device, dtype=maps.dtype) - radius
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    m = maps[:, None]
-    pad_mode = "reflect" if min(m.shape[-2:]) > radius else "replicate"
-    m = F.pad(m, (radius, radius, radius, radius), mode=pad_mode)
-    m = F.conv2d(m, kernel.view(1, 1, 1, -1))
-    m = F.conv2d(m, kernel.view(1, 1, -1, 1))
-    return m[:, 0]
+    """Blur of [B, H, W] score maps; default kernel 2·⌈3σ⌉ + 1 (our reading of the paper's "kernel 16")."""
+    return shared_gaussian_blur(maps, sigma, kernel_size, truncate=3.0)
+
+

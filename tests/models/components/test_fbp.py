@@ -14,7 +14,7 @@ from anomaly_bench.models.components.fbp import (
     GaussianNoiseSource,
     RealAnomalySource,
     build_anomaly_source,
-    gaussian_blur,
+    blur_per_map,
     random_walk,
 )
 
@@ -120,14 +120,14 @@ def test_single_cell_blur_matches_hand_computed_weights() -> None:
     paste = torch.zeros(1, 1, 9, 9)
     paste[0, 0, 4, 4] = 10.0
     paste[0, 0, 0, 6] = 10.0  # on the border: reflect padding folds the outer tap back in
-    out = gaussian_blur(paste, 3, torch.tensor([0.8]))[0, 0]
+    out = blur_per_map(paste, 3, torch.tensor([0.8]))[0, 0]
     assert out[4, 4].item() == pytest.approx(10 * w_mid * w_mid, rel=1e-5)
     assert out[3, 5].item() == pytest.approx(10 * w_side * w_side, rel=1e-5)
     assert out[4, 5].item() == pytest.approx(10 * w_mid * w_side, rel=1e-5)
     assert out[1, 6].item() == pytest.approx(10 * w_side * w_mid, rel=1e-5)
     assert out[0, 6].item() == pytest.approx(10 * w_mid * w_mid, rel=1e-5)
     assert out[2:7, 2:7].sum().item() == pytest.approx(10.0, rel=1e-5)
-    assert torch.equal(gaussian_blur(paste, 3, torch.tensor([0.0])), paste), "sigma 0 = no blur"
+    assert torch.equal(blur_per_map(paste, 3, torch.tensor([0.0])), paste), "sigma 0 = no blur"
 
 
 def test_per_image_switch_gives_each_image_its_own_block() -> None:
