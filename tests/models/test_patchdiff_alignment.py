@@ -1,0 +1,85 @@
+"""The PatchDiff anomaly map must sit on the image: geometry and sign through the whole scoring path.
+
+A hand-set "detector" replaces the trained FCN: its logit for the 34x34 window at (4i, 4j) is the
+mean red value of the window's central 2x2 pixels (4i+16, 4i+17). A bright square must then give
+the maximum of the final map (after upsampling, border offset, resize to the image, fusion and
+blur) on the square, and a larger image score than a plain image (anomalous = larger).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anomaly_bench.models.patchdiff.detector import PATCH_SIZE, PATCH_STRIDE
+from anomaly_bench.models.patchdiff.torch_model import DetectorSpec, PatchDiffGRADModel
+
+
+class WindowCentreProbe(nn.Module):
+    """Logit map with the detector's geometry (RF 34, stride 4, no padding): window-centre red."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = (x.shape[-2] - PATCH_SIZE) // PATCH_STRIDE + 1
+        cols = (x.shape[-1] - PATCH_SIZE) // PATCH_STRIDE + 1
+        centre = PATCH_SIZE // 2 - 1
+        out = F.avg_pool2d(x[:, :1, centre:, centre:], 2, PATCH_STRIDE)[:, 0]
+        return out[:, :rows, :cols]
+
+
+def _model(sizes: list[int]) -> PatchDiffGRADModel:
+    specs = [DetectorSpec(size, [5], f"d{size}") for size in sizes]
+    model = PatchDiffGRADModel(specs, generator_channels=4, detector_width=0.125)
+    model.detectors = nn.ModuleList(WindowCentreProbe() for _ in specs)
+    return model
+
+
+def _square_image(height: int, width: int, top: int, left: int, side: int = 8) -> Tensor:
+    image = -torch.ones(1, 3, height, width)
+    image[:, :, top:top + side, left:left + side] = 1.0
+    return image
+
+
+@pytest.mark.parametrize("sizes", [[64], [128], [64, 48]], ids=["one@64", "one@128", "fused"])
+@pytest.mark.parametrize("top,left", [(18, 22), (28, 40), (34, 30)])
+def test_map_maximum_lies_on_the_bright_square(sizes: list[int], top: int, left: int) -> None:
+    model = _model(sizes)
+    if len(sizes) > 1:  # standardised fusion with non-trivial statistics must not move the peak
+        model.fusion_stats.copy_(torch.tensor([[0.1, 0.5, 0.2, 0.3], [-0.2, 2.0, 0.0, 1.0]]))
+        model.fusion_ready.fill_(True)
+    image = _square_image(64, 80, top, left)  # LOCO-like aspect: resized to square and back
+    anomaly_map, _ = model(image, blur_sigma=1.0)
+    assert anomaly_map.shape == (1, 64, 80)
+    peak = torch.nonzero(anomaly_map[0] == anomaly_map[0].max())
+    rows, cols = peak[:, 0].float().mean().item(), peak[:, 1].float().mean().item()
+    # on the square (8 px), allowing for the stride-4 sampling of window centres
+    assert top - 2 <= rows <= top + 9, (rows, top)
+    assert left - 2 <= cols <= left + 9, (cols, left)
+
+
+def test_offset_is_half_the_receptive_field_not_a_stretch() -> None:
+    """Cell i's value lands at pixel 4i + 16.5 (window centre), not at i * H / h (stretched map)."""
+    model = _model([64])
+    image = _square_image(64, 64, 16, 16, side=2)  # exactly the central 2x2 of window (0, 0)
+    anomaly_map, _ = model(image, blur_sigma=0.0)
+    grid = anomaly_map[0]
+    # bilinear between centres 16.5 (cell 0, value 1) and 20.5 (cell 1, background -1)
+    assert grid[16, 16].item() == pytest.approx(grid[:, 16].max().item())
+    assert grid[12, 16].item() > 0.5  # a stretched map (8 px per cell) would already be at cell 1 here
+    assert grid[21:, :].max().item() == pytest.approx(-1.0)
+    assert grid[:, 21:].max().item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("sizes", [[64], [64, 48]], ids=["one", "fused"])
+def test_anomalous_image_scores_higher(sizes: list[int]) -> None:
+    model = _model(sizes)
+    if len(sizes) > 1:
+        model.fusion_stats.copy_(torch.tensor([[0.1, 0.5, 0.2, 0.3], [-0.2, 2.0, 0.0, 1.0]]))
+        model.fusion_ready.fill_(True)
+    plain = -torch.ones(1, 3, 64, 80)
+    anomalous = _square_image(64, 80, 28, 36)
+    map_plain, score_plain = model(plain, blur_sigma=1.0)
+    map_anom, score_anom = model(anomalous, blur_sigma=1.0)
+    assert score_anom.item() > score_plain.item()
+    assert map_anom.max().item() > map_plain.max().item()
