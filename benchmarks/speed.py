@@ -97,7 +97,8 @@ def measure(config_path: Path, device: str, batch_size: int, warmup: int, iters:
 
     timer = StepTimer()
     trainer = Trainer(
-        accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
+        # max_steps (not max_epochs): a method may fix its own epoch count (bi-grid GRAD's stages)
+        accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=train_steps,
         limit_train_batches=train_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
         default_root_dir=tempfile.mkdtemp(prefix="speed_"),
@@ -115,16 +116,28 @@ def measure(config_path: Path, device: str, batch_size: int, warmup: int, iters:
     out["train_steps_timed"] = len(steady)
 
     # ---- inference: model only, random input already on the device
+    # through score_batch, the test loop's path: per-category models (PatchDiff, GLAD's tables) need it
+    from anomaly_bench.types import Batch
+
     model = model.to(device).eval()
-    images = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    categories = list(getattr(datamodule, "categories", None) or ["default"])
+    batch = Batch(
+        image=torch.randn(batch_size, 3, image_size, image_size, device=device),
+        label=torch.zeros(batch_size, dtype=torch.long, device=device),
+        mask=torch.zeros(batch_size, image_size, image_size, device=device),
+        orig_size=torch.full((batch_size, 2), image_size, dtype=torch.long, device=device),
+        category=[categories[i % len(categories)] for i in range(batch_size)],
+        defect=["good"] * batch_size,
+        path=[f"speed_{i}.png" for i in range(batch_size)],
+    )
     with torch.inference_mode():
         for _ in range(warmup):
-            model(images)
+            model.score_batch(batch)
         _sync(device)
         times = []
         for _ in range(iters):
             start = time.perf_counter()
-            model(images)
+            model.score_batch(batch)
             _sync(device)
             times.append(time.perf_counter() - start)
     per_batch = statistics.median(times)
@@ -190,12 +203,18 @@ def _config_root(config: Path) -> str | None:
     return str(root) if root else None
 
 
-def ensure_demo_data(root: Path) -> None:
+def ensure_demo_data(root: Path, config: Path) -> None:
+    """Write small synthetic data in the layout the config's datamodule reads."""
     if root.is_dir() and any(root.iterdir()):
         return
-    from anomaly_bench.data.synthetic import write_dataset
+    import yaml
 
-    write_dataset("mvtec", root, categories=None, size=64, seed=0, train=16, test_good=4, per_defect=2)
+    from anomaly_bench.data.synthetic import LAYOUT_OF_DATAMODULE, write_dataset
+
+    data_class = str((yaml.safe_load(config.read_text()).get("data") or {}).get("class_path", "MVTecAD"))
+    layout = LAYOUT_OF_DATAMODULE.get(data_class.rsplit(".", 1)[-1], "mvtec")
+    print(f"  writing synthetic {layout}-layout data to {root}")
+    write_dataset(layout, root, categories=None, size=64, seed=0, train=16, test_good=4, per_defect=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,8 +297,7 @@ def run_device(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
         row["config"] = str(config.relative_to(REPO) if config.is_relative_to(REPO) else config)
         data_root = args.data_root or _config_root(config)
         if data_root and not Path(data_root).exists():
-            print(f"  writing synthetic MVTec-layout data to {data_root}")
-            ensure_demo_data(Path(data_root))
+            ensure_demo_data(Path(data_root), config)
         with tempfile.TemporaryDirectory() as tmp:
             result_path = Path(tmp) / "result.json"
             spec = {"config": str(config), "device": device, "batch_size": batch, "warmup": args.warmup,

@@ -16,7 +16,6 @@ from anomaly_bench.cli import main
 from tests.conftest import REPO_ROOT
 
 DEMO_DIR = REPO_ROOT / "configs" / "demo"
-LAYOUT_OF = {"MVTecAD": "mvtec", "MPDD": "mpdd", "VisA": "visa", "GoodsAD": "goodsad", "MVTecLOCO": "loco"}
 MIN_IMAGE_AUROC = 0.75
 # PatchDiff's demo is judged on the synthetic MVTec LOCO layout, half of whose anomalies are logical
 # (a per-pixel baseline reaches ~0.65 there). Its tiny CPU pipeline measures 0.63 (0.56-0.65 over
@@ -31,11 +30,11 @@ def demo_configs() -> list[Path]:
 
 @pytest.mark.parametrize("config", demo_configs(), ids=lambda p: p.stem)
 def test_demo_config_fits_and_beats_chance(config: Path, tmp_path: Path) -> None:
-    from anomaly_bench.data.synthetic import write_dataset
+    from anomaly_bench.data.synthetic import LAYOUT_OF_DATAMODULE, write_dataset
 
     spec = yaml.safe_load(config.read_text())
     data_class = spec["data"]["class_path"].rsplit(".", 1)[-1]
-    layout = LAYOUT_OF[data_class]
+    layout = LAYOUT_OF_DATAMODULE[data_class]
     root = tmp_path / "data" / layout
     write_dataset(layout, root, seed=0)
     results = tmp_path / "results"

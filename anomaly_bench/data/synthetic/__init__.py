@@ -2,6 +2,6 @@
 MVTec LOCO, for tests and demos (the real data cannot be downloaded or committed)."""
 
 from anomaly_bench.data.synthetic.cli import synth_main
-from anomaly_bench.data.synthetic.writer import LAYOUTS, SynthSummary, write_dataset
+from anomaly_bench.data.synthetic.writer import LAYOUT_OF_DATAMODULE, LAYOUTS, SynthSummary, write_dataset
 
-__all__ = ["LAYOUTS", "SynthSummary", "synth_main", "write_dataset"]
+__all__ = ["LAYOUT_OF_DATAMODULE", "LAYOUTS", "SynthSummary", "synth_main", "write_dataset"]

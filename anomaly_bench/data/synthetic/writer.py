@@ -32,6 +32,10 @@ from anomaly_bench.data.synthetic.generator import CategoryGenerator, SynthImage
 from anomaly_bench.data.synthetic.scenes import scene_for
 
 LAYOUTS = ("mvtec", "mpdd", "visa", "visa-raw", "goodsad", "loco")
+# which synthetic layout a datamodule class reads (VisA reads both "visa" and "visa-raw")
+LAYOUT_OF_DATAMODULE: dict[str, str] = {
+    "MVTecAD": "mvtec", "MPDD": "mpdd", "VisA": "visa", "GoodsAD": "goodsad", "MVTecLOCO": "loco",
+}
 
 DEFAULT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "mvtec": ("grid", "ring"),
