@@ -87,6 +87,19 @@ class AnomalyModule(LightningModule):
             callbacks.append(wanted if isinstance(wanted, Callback) else cls())
         return callbacks
 
+    # ------------------------------------------------------------------------- gradient clipping
+    def default_gradient_clip_norm(self) -> float | None:
+        """The method's own global-norm clip (e.g. an official 0.1), used when ``trainer.gradient_clip_val``
+        is unset; None means no clipping. A trainer setting always wins."""
+        return None
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if gradient_clip_val is None:
+            gradient_clip_val, gradient_clip_algorithm = self.default_gradient_clip_norm(), "norm"
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+
     # ------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # lets the CLI refuse a checkpoint of another model with a clear message

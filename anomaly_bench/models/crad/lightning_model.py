@@ -246,11 +246,6 @@ class CRAD(AnomalyModule):
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.lr_step_epochs, gamma=hp.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        # trainer.gradient_clip_val wins when set; otherwise the official global-norm clip (0.1).
-        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip_norm
-        if value:
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+    def default_gradient_clip_norm(self) -> float | None:
+        # the official global-norm clip (0.1); trainer.gradient_clip_val wins when set
+        return self.hparams.grad_clip_norm

@@ -156,11 +156,9 @@ class GLAD(AnomalyModule):
         return torch.optim.AdamW(self.model.unet.parameters(), lr=self.hparams.lr, betas=(0.9, 0.999),
                                  weight_decay=self.hparams.weight_decay, eps=1e-8)
 
-    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.grad_clip
-        if value:
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+    def default_gradient_clip_norm(self) -> float | None:
+        # official: clip 1.0; trainer.gradient_clip_val wins when set
+        return self.hparams.grad_clip
 
     # -------------------------------------------------------------------------- calibration
     def _remember_normals(self, batch: Batch) -> None:

@@ -247,17 +247,9 @@ class BiGridGRAD(AnomalyModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, stage_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """The official global-norm clip (0.1) by default; a trainer setting overrides it."""
-        if gradient_clip_val is None:
-            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip_norm, "norm"
-        if gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+    def default_gradient_clip_norm(self) -> float | None:
+        # the official global-norm clip (0.1); trainer.gradient_clip_val wins when set
+        return self.hparams.grad_clip_norm
 
     # ------------------------------------------------------------------------------ inference
     def forward(self, images: Tensor) -> AnomalyOutput:
