@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -87,11 +88,10 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             run_dir = Path(trainer.default_root_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            subcommand = _STAGE_TO_SUBCOMMAND.get(stage, stage)
-            name = "config.yaml" if subcommand == "fit" else f"config_{subcommand}.yaml"
-            self.parser.save(self.config, str(run_dir / name), overwrite=True,
-                             multifile=False)
-            runs.write_json(run_dir / f"run_info_{subcommand}.json", runs.run_info(subcommand))
+            stage = str(getattr(stage, "value", stage))  # TrainerFn: "fit", "validate", "test", "predict"
+            name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+            self.parser.save(self.config, str(run_dir / name), overwrite=True, multifile=False)
+            runs.write_json(run_dir / f"run_info_{stage}.json", runs.run_info(stage))
             self.save_config(trainer, pl_module, stage)
         self.already_saved = True
 
@@ -104,9 +104,6 @@ class RunConfigSaver(SaveConfigCallback):
                 logger.experiment.config.update(flat, allow_val_change=True)
             except Exception as err:  # W&B must never fail a run
                 print(f"[anomaly_bench] could not send the config to W&B: {err}")
-
-
-_STAGE_TO_SUBCOMMAND = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -294,17 +291,11 @@ class AnomalyBenchCLI(LightningCLI):
             print_metrics_table(metrics_csv)
 
 
-class _RawFormatter:
-    """Keep the description's line breaks in ``--help`` while using jsonargparse's formatter."""
+class _RawFormatter(DefaultHelpFormatter):
+    """Keep the description's line breaks (the model / datamodule lists) in ``--help``."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from jsonargparse import DefaultHelpFormatter
-
-        class Formatter(DefaultHelpFormatter):
-            def _fill_text(self, text: str, width: int, indent: str) -> str:
-                return "".join(indent + line for line in text.splitlines(keepends=True))
-
-        return Formatter(*args, **kwargs)
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 def _wandb_run_id(run_dir: Path) -> str:
