@@ -1,7 +1,7 @@
 """Decode + resize one sample (image and its masks) to the model resolution, checking the files.
 
-Why not ``io.read_image_rgb`` (OpenCV) for images: OpenCV decodes a truncated JPEG without an
-error (it fills the missing part with grey and only prints a warning), so a damaged file would
+Images are decoded with Pillow, not OpenCV (``io.read_image_rgb`` delegates here): OpenCV decodes a
+truncated JPEG without an error (it fills the missing part with grey and only prints a warning), so a damaged file would
 silently become training data. Pillow raises on truncation, and its JPEG ``draft`` mode decodes
 3000-px GoodsAD images directly at 1/2..1/8 scale, which makes the first epoch several times faster.
 Masks go through ``io.read_mask`` so that the loaders and the Evaluator see the same raw values.

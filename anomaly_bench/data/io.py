@@ -19,22 +19,14 @@ class DataError(ValueError):
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB [H, W, 3]; grayscale and RGBA are converted."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise DataError(f"cannot decode image (unreadable or truncated): {path}")
-    if image.dtype != np.uint8:  # 16-bit PNGs: scale to 8 bit
-        image = (image.astype(np.float32) / max(float(np.iinfo(image.dtype).max), 1.0) * 255).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """Decode an image file to uint8 RGB [H, W, 3] at its native size; grayscale and 16 bit converted.
+
+    The same Pillow decoder as the datamodules (``decode.decode_image``): a truncated file is an
+    error here too, never grey-filled pixels.
+    """
+    from anomaly_bench.data.decode import decode_image  # decode imports this module
+
+    return decode_image(path, None)[0]
 
 
 def read_mask(path: str | Path) -> np.ndarray:
