@@ -51,7 +51,8 @@ def test_fit_then_test_writes_a_complete_run_directory(synth_mvtec: Path, tmp_pa
     assert (run / "config.yaml").is_file()
     info = json.loads((run / "run_info_fit.json").read_text())
     assert set(info["versions"]) >= {"torch", "lightning", "timm", "diffusers"}
-    assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"]
+    assert info["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert "git_sha" in info and info["subcommand"] == "fit"
 
     main(["test", *base_args(synth_mvtec, results), "--ckpt_path", "last"])
     out = capsys.readouterr().out
@@ -137,12 +138,14 @@ def test_resume_after_crash_equals_uninterrupted_run(synth_mvtec: Path, tmp_path
 
 
 def test_bf16_mixed_on_cpu(synth_mvtec: Path, tmp_path: Path) -> None:
-    args = base_args(synth_mvtec, tmp_path, "--model.init_args.mode", "learned", "--trainer.precision",
-                     "bf16-mixed", "--trainer.max_epochs", "1", "--model.init_args.visualizer", "false")
+    args = base_args(synth_mvtec, tmp_path, "--trainer.precision", "bf16-mixed", "--model.init_args.visualizer",
+                     "false")
     main(["fit", *args])
     main(["test", *args, "--ckpt_path", "last"])
+    config = (latest(tmp_path) / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in config  # the Trainer got what the user asked for
     metrics = read_metrics(latest(tmp_path))
-    assert 0.0 <= metrics["mean"]["image_auroc"] <= 1.0
+    assert metrics["mean"]["image_auroc"] > 0.75, metrics
 
 
 def test_ddp_two_cpu_processes_match_one_process(synth_mvtec: Path, tmp_path: Path) -> None:
