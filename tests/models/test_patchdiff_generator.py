@@ -1,9 +1,16 @@
 """PatchDiff generator: exact receptive field, global tiny noise, samplers."""
 
+import math
+
 import pytest
 import torch
 
-from anomaly_bench.models.patchdiff.generator import PatchDiff, PatchDiffDenoiser, coordinate_map
+from anomaly_bench.models.patchdiff.generator import (
+    PatchDiff,
+    PatchDiffDenoiser,
+    coordinate_map,
+    encode_coordinates,
+)
 
 
 def _randomise(module: torch.nn.Module) -> None:
@@ -13,8 +20,8 @@ def _randomise(module: torch.nn.Module) -> None:
         torch.nn.init.normal_(p, std=0.3)
 
 
-def _influence_box(level: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    net = PatchDiffDenoiser(level, channels=8).double()
+def _influence_box(level: int, size: int, coord_frequencies: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    net = PatchDiffDenoiser(level, channels=8, coord_frequencies=coord_frequencies).double()
     _randomise(net)
     x = torch.randn(1, 3, size, size, dtype=torch.float64, requires_grad=True)
     coords = coordinate_map(size, size, dtype=torch.float64)[None].clone().requires_grad_(True)
@@ -24,10 +31,10 @@ def _influence_box(level: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.grad[0].abs().sum(0) > 0), (coords.grad[0].abs().sum(0) > 0)
 
 
-@pytest.mark.parametrize("level", [5, 9, 13, 17])
-def test_receptive_field_is_exactly_level_by_level(level):
+@pytest.mark.parametrize("level,coord_frequencies", [(5, 6), (9, 6), (13, 6), (17, 6), (9, 0)])
+def test_receptive_field_is_exactly_level_by_level(level, coord_frequencies):
     size = level + 14
-    influence, coord_influence = _influence_box(level, size)
+    influence, coord_influence = _influence_box(level, size, coord_frequencies)
     rows = torch.nonzero(influence.any(1)).flatten()
     cols = torch.nonzero(influence.any(0)).flatten()
     assert rows.max() - rows.min() + 1 == level
@@ -43,6 +50,22 @@ def test_receptive_field_is_exactly_level_by_level(level):
 def test_invalid_level_is_rejected():
     with pytest.raises(ValueError, match="odd"):
         PatchDiffDenoiser(6)
+    with pytest.raises(ValueError, match="coord_frequencies"):
+        PatchDiffDenoiser(5, coord_frequencies=-1)
+
+
+def test_coordinate_encoding_known_values():
+    coords = torch.tensor([0.5, -0.25]).view(1, 2, 1, 1)  # x = 0.5, y = -0.25 at one pixel
+    enc = encode_coordinates(coords, 2)[0, :, 0, 0]
+    # layout: x, y, sin(pi x), sin(2 pi x), sin(pi y), sin(2 pi y), then the cosines in that order
+    angles = torch.tensor([math.pi * 0.5, 2 * math.pi * 0.5, -math.pi * 0.25, -2 * math.pi * 0.25])
+    expected = torch.cat([coords.flatten(), torch.sin(angles), torch.cos(angles)])
+    assert enc.shape == (2 + 4 * 2,)
+    assert torch.allclose(enc, expected, atol=1e-6)
+    raw = coordinate_map(4, 5)[None]
+    assert encode_coordinates(raw, 0) is raw  # 0 octaves = the paper's raw 2-channel map
+    assert PatchDiffDenoiser(5, channels=8, coord_frequencies=0).stem.in_channels == 5
+    assert PatchDiffDenoiser(5, channels=8, coord_frequencies=6).stem.in_channels == 3 + 2 * 13
 
 
 def test_global_noise_is_per_image_and_constant_over_pixels():

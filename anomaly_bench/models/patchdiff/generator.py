@@ -4,7 +4,7 @@ The paper removes self-attention and shrinks the U-Net "so that each bottleneck 
 limited receptive field". It does not give the layout, so we choose the simplest one whose
 receptive field is provably exactly ``level x level``:
 
-* a 1x1 stem (RGB + 2 coordinate channels -> C),
+* a 1x1 stem (RGB + the 2 coordinate channels, encoded per pixel -> C),
 * ``(level - 1) / 2`` stride-1 3x3 convolutions grouped in residual blocks (two per block),
 * a 1x1 head (C -> 3, the predicted noise).
 
@@ -13,6 +13,12 @@ over the whole image and would make every output pixel depend on every input pix
 each pixel over its channels instead (``PixelChannelNorm``), which keeps the window exact. The
 timestep enters as a per-image scale/shift, which is spatially constant and so adds no spatial
 context. ``tests/models/test_patchdiff_generator.py`` proves the window with a gradient probe.
+
+The coordinate map enters through a per-pixel Fourier encoding (``coord_frequencies`` octaves of
+sin/cos next to the raw x, y). A small network fed raw coordinates learns only smooth functions of
+position (spectral bias), so cell borders, sockets and connector slots stay smeared over the image
+for thousands of steps; the encoding is pointwise, so the receptive field is unchanged.
+``coord_frequencies = 0`` feeds the raw 2-channel map.
 """
 
 from __future__ import annotations
@@ -34,6 +40,18 @@ def coordinate_map(height: int, width: int, device: torch.device | str | None = 
     xs = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_x, grid_y])
+
+
+def encode_coordinates(coords: Tensor, num_frequencies: int) -> Tensor:
+    """[B, 2, H, W] coordinates -> [B, 2 + 4F, H, W]: x, y, sin(2^k pi x) for k < F, the same for y, then the cosines.
+
+    Pointwise (no pixel sees another), so it adds nothing to the receptive field.
+    """
+    if num_frequencies <= 0:
+        return coords
+    scales = (2.0 ** torch.arange(num_frequencies, device=coords.device, dtype=coords.dtype)) * math.pi
+    angles = (coords[:, :, None] * scales[None, None, :, None, None]).flatten(1, 2)  # [B, 2F, H, W]
+    return torch.cat([coords, torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -91,18 +109,23 @@ class PatchDiffDenoiser(nn.Module):
         level: odd window size n >= 1 (paper: 5, 9, 13, 17).
         channels: width C of every layer (our choice; paper unspecified).
         coord_channels: 2 for the (x, y) map of the paper; 0 disables it (ablation only).
+        coord_frequencies: octaves of the Fourier encoding of the coordinates (0 = raw map).
     """
 
-    def __init__(self, level: int, channels: int = 64, coord_channels: int = 2) -> None:
+    def __init__(self, level: int, channels: int = 64, coord_channels: int = 2, coord_frequencies: int = 6) -> None:
         super().__init__()
         if level < 1 or level % 2 == 0:
             raise ValueError(f"PatchDiff level must be an odd integer >= 1 (e.g. 5, 9, 13, 17), got {level}")
         self.level = level
+        if coord_frequencies < 0:
+            raise ValueError(f"coord_frequencies must be >= 0, got {coord_frequencies}")
         self.coord_channels = coord_channels
+        self.coord_frequencies = coord_frequencies if coord_channels else 0
         time_dim = 4 * channels
         self.channels = channels
         self.time_mlp = nn.Sequential(nn.Linear(channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
-        self.stem = nn.Conv2d(3 + coord_channels, channels, 1)
+        coord_features = coord_channels * (1 + 2 * self.coord_frequencies)
+        self.stem = nn.Conv2d(3 + coord_features, channels, 1)
         num_convs = (level - 1) // 2  # each stride-1 3x3 conv widens the window by 2 pixels
         blocks = [LocalResBlock(channels, time_dim, 2) for _ in range(num_convs // 2)]
         if num_convs % 2:
@@ -119,7 +142,7 @@ class PatchDiffDenoiser(nn.Module):
             if coords is None:
                 coords = coordinate_map(noisy.shape[-2], noisy.shape[-1], noisy.device, noisy.dtype)
                 coords = coords.expand(noisy.shape[0], -1, -1, -1)
-            noisy = torch.cat([noisy, coords.to(noisy.dtype)], dim=1)
+            noisy = torch.cat([noisy, encode_coordinates(coords.to(noisy.dtype), self.coord_frequencies)], dim=1)
         temb = self.time_mlp(timestep_embedding(timesteps, self.channels).to(noisy.dtype))
         h = self.stem(noisy)
         for block in self.blocks:
@@ -146,9 +169,9 @@ class PatchDiff(nn.Module):
 
     def __init__(self, level: int, channels: int = 64, num_train_timesteps: int = 1000,
                  beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
-                 global_noise_std: float = 0.02, clip_sample: bool = True) -> None:
+                 global_noise_std: float = 0.02, clip_sample: bool = True, coord_frequencies: int = 6) -> None:
         super().__init__()
-        self.denoiser = PatchDiffDenoiser(level, channels)
+        self.denoiser = PatchDiffDenoiser(level, channels, coord_frequencies=coord_frequencies)
         self.schedule_kwargs = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                                     beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample)
         self.global_noise_std = global_noise_std

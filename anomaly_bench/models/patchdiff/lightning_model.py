@@ -61,7 +61,8 @@ class PatchDiffGRAD(AnomalyModule):
             level-34 detector at 256 px with PatchDiff levels 5, 9, 13). LOCO: three detectors.
         categories: category names to build models for; None = the datamodule's categories.
         generator_*: PatchDiff width, image size (None = data size), steps, batch, optimiser,
-            optional random-crop training (exact for a local model up to border effects).
+            optional random-crop training (exact for a local model up to border effects),
+            octaves of the Fourier encoding of the coordinate map (0 = the raw map).
         num_train_timesteps, beta_*: the DDPM schedule (diffusers ``DDPMScheduler``).
         global_noise_std: sigma_g of the per-image colour offset added to the noised input.
         sampler / sampling_steps: ``ddpm`` (ancestral, T steps) or ``ddim``; samples_per_level.
@@ -91,6 +92,7 @@ class PatchDiffGRAD(AnomalyModule):
         generator_lr: float = 1e-3,
         generator_weight_decay: float = 1e-4,
         generator_crop_size: int | None = None,
+        generator_coord_frequencies: int = 6,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         beta_start: float = 1e-4,
@@ -158,13 +160,16 @@ class PatchDiffGRAD(AnomalyModule):
             raise ValueError(f"model.fusion must be 'standardized_sum' or 'sum', got {hp.fusion!r}")
         if hp.image_score not in ("sum_of_max", "max_of_map"):
             raise ValueError(f"model.image_score must be 'sum_of_max' or 'max_of_map', got {hp.image_score!r}")
+        if int(hp.generator_coord_frequencies) < 0:
+            raise ValueError(f"model.generator_coord_frequencies must be >= 0, got {hp.generator_coord_frequencies}")
         if hp.detector_steps is not None and hp.detector_steps < 1:
             raise ValueError(f"model.detector_steps must be >= 1 or null, got {hp.detector_steps}")
 
     def _build(self, categories: list[str]) -> None:
         hp = self.hparams
         gen_kwargs = dict(num_train_timesteps=hp.num_train_timesteps, beta_schedule=hp.beta_schedule,
-                          beta_start=hp.beta_start, beta_end=hp.beta_end, global_noise_std=hp.global_noise_std)
+                          beta_start=hp.beta_start, beta_end=hp.beta_end, global_noise_std=hp.global_noise_std,
+                          coord_frequencies=hp.generator_coord_frequencies)
         keys = [_module_key(c) for c in categories]
         if len(set(keys)) != len(keys):
             raise ValueError(f"category names {categories} collide after sanitising to module keys {keys}")
