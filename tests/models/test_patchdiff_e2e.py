@@ -143,6 +143,8 @@ def test_forward_and_errors(tmp_path):
         model.model_for("other")
     with pytest.raises(ValueError, match="beta_density"):
         _model(tmp_path, beta_density=0.0)
+    with pytest.raises(ValueError, match="model.generator_coord_frequencies"):
+        _model(tmp_path, generator_coord_frequencies=-1)
     two = _model(tmp_path, categories=["a", "b"])
     with pytest.raises(ValueError, match="single-category"):
         two(torch.zeros(1, 3, SIZE, SIZE))
