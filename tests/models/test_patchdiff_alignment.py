@@ -83,3 +83,29 @@ def test_anomalous_image_scores_higher(sizes: list[int]) -> None:
     map_anom, score_anom = model(anomalous, blur_sigma=1.0)
     assert score_anom.item() > score_plain.item()
     assert map_anom.max().item() > map_plain.max().item()
+
+
+def _noisy_square(top: int, left: int, seed: int) -> Tensor:
+    image = _square_image(64, 64, top, left) + 0.05 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    return image.clamp(-1, 1)
+
+
+def test_pixel_standardized_fusion_flags_a_part_in_the_wrong_place() -> None:
+    """Normal images have their bright part at one place; raw logits peak there in every image.
+
+    Per-location z-scores learn that this location is always bright, so a part moved elsewhere
+    (a logical anomaly) scores far higher than a normal image; the raw maxima do not separate them.
+    """
+    model = _model([64, 48])
+    normals = torch.cat([_noisy_square(20, 20, seed) for seed in range(12)])
+    model.compute_fusion_stats(normals)
+    normal, moved = _noisy_square(20, 20, 100), _noisy_square(20, 40, 101)
+    _, raw_normal = model(normal, blur_sigma=1.0, fusion="sum")
+    _, raw_moved = model(moved, blur_sigma=1.0, fusion="sum")
+    assert raw_moved.item() < raw_normal.item() + 0.5  # raw maxima do not flag it (both are bright squares)
+    for image_score in ("max_of_map", "sum_of_max"):
+        _, pixel_normal = model(normal, blur_sigma=1.0, fusion="pixel_standardized_sum", image_score=image_score)
+        map_moved, pixel_moved = model(moved, blur_sigma=1.0, fusion="pixel_standardized_sum", image_score=image_score)
+        assert pixel_moved.item() > pixel_normal.item() + 10.0
+    peak = torch.nonzero(map_moved[0] == map_moved[0].max()).float().mean(0)
+    assert 18 <= peak[0].item() <= 29 and 38 <= peak[1].item() <= 49  # on the moved square

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from anomaly_bench.models.patchdiff.detector import (
     DAEHead,
@@ -9,7 +10,7 @@ from anomaly_bench.models.patchdiff.detector import (
     gaussian_blur,
     patch_map_to_image,
 )
-from anomaly_bench.models.patchdiff.torch_model import DetectorSpec, PatchDiffGRADModel
+from anomaly_bench.models.patchdiff.torch_model import PIXEL_STD_FLOOR, DetectorSpec, PatchDiffGRADModel
 
 
 def test_detector_matches_table_8():
@@ -85,6 +86,39 @@ def test_multi_detector_scoring_uses_each_input_size():
     assert bool(model.fusion_ready)
     fused_std, score_std = model(images, fusion="standardized_sum")
     assert torch.isfinite(fused_std).all() and torch.isfinite(score_std).all()
+
+
+def test_pixel_statistics_and_pixel_fusion_by_hand():
+    specs = [DetectorSpec(64, [5], "a"), DetectorSpec(48, [5], "b")]
+    torch.manual_seed(0)
+    model = PatchDiffGRADModel(specs, generator_channels=4, detector_width=0.0625).eval()
+    with torch.no_grad():  # random init gives near-constant logits; spread them well above the std floor
+        for detector in model.detectors:
+            detector.classifier.weight.mul_(1e4)
+    normals = torch.rand(5, 3, 64, 80) * 2 - 1
+    model.compute_fusion_stats(normals, chunk=2)  # chunks must not change the statistics
+    aligned = model.aligned_maps(normals)
+    for d, (maps, _) in enumerate(aligned):
+        mean, std = model.pixel_stats(d)
+        assert mean.shape == (specs[d].input_size,) * 2
+        torch.testing.assert_close(mean, maps.mean(0), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(std, maps.std(0), rtol=1e-3, atol=1e-5)  # unbiased, over images
+        assert std.min() > 10 * PIXEL_STD_FLOOR
+    test = torch.rand(2, 3, 64, 80) * 2 - 1
+    expected_map = torch.zeros(2, 64, 80)
+    expected_max = torch.zeros(2)
+    for d, (maps, _) in enumerate(model.aligned_maps(test)):
+        mean, std = model.pixel_stats(d)
+        z = (maps - mean) / std
+        expected_max += z.flatten(1).amax(1)
+        expected_map += F.interpolate(z[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0]
+    fused, score = model(test, blur_sigma=0.0, fusion="pixel_standardized_sum", image_score="sum_of_max")
+    torch.testing.assert_close(fused, expected_map, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(score, expected_max, rtol=1e-4, atol=1e-4)
+    _, score = model(test, blur_sigma=0.0, fusion="pixel_standardized_sum", image_score="max_of_map")
+    torch.testing.assert_close(score, expected_map.flatten(1).amax(1), rtol=1e-4, atol=1e-4)
+    state = model.state_dict()
+    assert "pixel_stats_0" in state and state["pixel_stats_1"].shape == (2, 48, 48)
 
 
 def test_detector_spec_errors_are_clear():

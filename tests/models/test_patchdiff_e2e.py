@@ -148,3 +148,17 @@ def test_forward_and_errors(tmp_path):
     two = _model(tmp_path, categories=["a", "b"])
     with pytest.raises(ValueError, match="single-category"):
         two(torch.zeros(1, 3, SIZE, SIZE))
+
+
+def test_checkpoint_without_pixel_statistics_still_loads(tmp_path):
+    """Checkpoints from before the per-location statistics load with neutral ones (mean 0, std 1)."""
+    old = _model(tmp_path, categories=["toy"], detectors=TWO_DETECTORS)
+    state = {k: v for k, v in old.state_dict().items() if ".pixel_stats_" not in k}
+    checkpoint = {"state_dict": state, "patchdiff_categories": ["toy"]}
+    new = _model(tmp_path, detectors=TWO_DETECTORS, fusion="pixel_standardized_sum")
+    new.on_load_checkpoint(checkpoint)
+    new.load_state_dict(checkpoint["state_dict"])  # strict: every buffer is there
+    mean, std = new.model_for("toy").pixel_stats(1)
+    assert mean.shape == (40, 40) and torch.all(mean == 0) and torch.all(std == 1)
+    with pytest.raises(ValueError, match="model.fusion must be one of"):
+        _model(tmp_path, fusion="pixel")

@@ -35,6 +35,7 @@ from anomaly_bench.models.patchdiff.regularizers import feature_regularizer, gra
 from anomaly_bench.models.patchdiff.reweighting import reweight, reweighted_bce
 from anomaly_bench.models.patchdiff.schedule import one_cycle_lr
 from anomaly_bench.models.patchdiff.torch_model import (
+    FUSIONS,
     PAPER_DETECTORS_MVTEC,
     DetectorSpec,
     PatchDiffGRADModel,
@@ -122,7 +123,7 @@ class PatchDiffGRAD(AnomalyModule):
         dae_feature_noise: float = 0.1,
         augmentations: dict[str, dict[str, Any]] | None = None,
         blur_sigma: float = 4.0,
-        fusion: Literal["standardized_sum", "sum"] = "standardized_sum",
+        fusion: Literal["pixel_standardized_sum", "standardized_sum", "sum"] = "standardized_sum",
         image_score: Literal["sum_of_max", "max_of_map"] = "sum_of_max",
         inner_steps: int = 1,
         evaluator: Callback | bool = True,
@@ -156,8 +157,8 @@ class PatchDiffGRAD(AnomalyModule):
             raise ValueError(f"model.beta_density must be > 0 (kernel bandwidth), got {hp.beta_density}")
         if hp.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"model.sampler must be 'ddpm' or 'ddim', got {hp.sampler!r}")
-        if hp.fusion not in ("standardized_sum", "sum"):
-            raise ValueError(f"model.fusion must be 'standardized_sum' or 'sum', got {hp.fusion!r}")
+        if hp.fusion not in FUSIONS:
+            raise ValueError(f"model.fusion must be one of {FUSIONS}, got {hp.fusion!r}")
         if hp.image_score not in ("sum_of_max", "max_of_map"):
             raise ValueError(f"model.image_score must be 'sum_of_max' or 'max_of_map', got {hp.image_score!r}")
         if int(hp.generator_coord_frequencies) < 0:
@@ -198,6 +199,18 @@ class PatchDiffGRAD(AnomalyModule):
             self._build(list(saved))
         elif saved and sorted(saved) != self.categories:
             raise ValueError(f"checkpoint was trained on categories {sorted(saved)}, this model has {self.categories}")
+        self._fill_missing_pixel_stats(checkpoint.get("state_dict", {}))
+
+    def _fill_missing_pixel_stats(self, state: dict[str, Tensor]) -> None:
+        """Checkpoints written before per-location statistics existed load with neutral ones (0, 1)."""
+        missing = [name for name, buffer in self.state_dict().items()
+                   if ".pixel_stats_" in name and name not in state]
+        for name in missing:
+            state[name] = self.state_dict()[name].clone()
+        if missing:
+            log.warning("PatchDiffGRAD: checkpoint has no per-location statistics (%d buffers); "
+                        "fusion 'pixel_standardized_sum' falls back to raw sums until they are recomputed",
+                        len(missing))
 
     def model_for(self, category: str) -> PatchDiffGRADModel:
         key = _module_key(category)
