@@ -145,8 +145,8 @@ class PatchDiffGRADModel(nn.Module):
             maxima.append(peak)
         return maps, maxima
 
-    def forward(self, images: Tensor, blur_sigma: float = 4.0, fusion: FusionName = "standardized_sum",
-                image_score: ImageScoreName = "sum_of_max") -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, blur_sigma: float = 4.0, fusion: FusionName = "pixel_standardized_sum",
+                image_score: ImageScoreName = "max_of_map") -> tuple[Tensor, Tensor]:
         """(anomaly_map [B,H,W], image score [B]); raw logits, larger = more anomalous.
 
         One detector: the map is its aligned logit map and the score its max (the paper's rule).
