@@ -18,11 +18,11 @@ from tests.conftest import REPO_ROOT
 DEMO_DIR = REPO_ROOT / "configs" / "demo"
 MIN_IMAGE_AUROC = 0.75
 # PatchDiff's demo is judged on the synthetic MVTec LOCO layout, half of whose anomalies are logical.
-# Its tiny CPU pipeline measures 0.65 (cables 0.82, pins 0.49: the under-trained generators' blotchy
-# pins teach the detector nothing about white scratches, see models/patchdiff/README.md); with
-# generators that ignore the layout it measured 0.49-0.54. The method's own end-to-end test
-# (tests/models/test_patchdiff_e2e.py) requires > 0.85 on a logical toy scene.
-MIN_IMAGE_AUROC_OF = {"patchdiff": 0.58}
+# It measures 0.77 here (cables 0.79, pins 0.75) and 0.75 on a larger synthetic LOCO set (benchmarks/patchdiff_synthetic_loco.py);
+# its weak part is cables-logical (about 0.65, see models/patchdiff/README.md). The bar leaves room
+# for float differences between machines on a test set of 6 good + 12 anomalous images per category.
+# The method's own end-to-end test (tests/models/test_patchdiff_e2e.py) requires > 0.85 on a logical toy scene.
+MIN_IMAGE_AUROC_OF = {"patchdiff": 0.70}
 
 
 def demo_configs() -> list[Path]:
