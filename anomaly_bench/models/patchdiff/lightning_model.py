@@ -203,10 +203,10 @@ class PatchDiffGRAD(AnomalyModule):
 
     def _fill_missing_pixel_stats(self, state: dict[str, Tensor]) -> None:
         """Checkpoints written before per-location statistics existed load with neutral ones (0, 1)."""
-        missing = [name for name, buffer in self.state_dict().items()
-                   if ".pixel_stats_" in name and name not in state]
+        own = self.state_dict()
+        missing = [name for name in own if ".pixel_stats_" in name and name not in state]
         for name in missing:
-            state[name] = self.state_dict()[name].clone()
+            state[name] = own[name].clone()
         if missing:
             log.warning("PatchDiffGRAD: checkpoint has no per-location statistics (%d buffers); "
                         "fusion 'pixel_standardized_sum' falls back to raw sums until they are recomputed",

@@ -75,6 +75,13 @@ def resize(images: Tensor, size: int) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _to_grid(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, s, s] maps on a detector's input grid -> [B, H, W] on the image's (bilinear)."""
+    if maps.shape[-2:] == size:
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 class PatchDiffGRADModel(nn.Module):
     """Everything one category needs: a PatchDiff per level, detectors with DAE heads and memory
     banks, and per-detector statistics for fusing several detectors' maps.
@@ -138,10 +145,7 @@ class PatchDiffGRADModel(nn.Module):
                 mean, std = self.pixel_stats(d).to(aligned.dtype)
                 aligned = (aligned - mean) / std.clamp_min(PIXEL_STD_FLOOR)
                 peak = aligned.flatten(1).amax(dim=1)
-            if aligned.shape[-2:] != (height, width):
-                aligned = F.interpolate(aligned[:, None], size=(height, width), mode="bilinear",
-                                        align_corners=False)[:, 0]
-            maps.append(aligned)
+            maps.append(_to_grid(aligned, (height, width)))
             maxima.append(peak)
         return maps, maxima
 
@@ -189,8 +193,7 @@ class PatchDiffGRADModel(nn.Module):
             for d, (aligned, peak) in enumerate(self.aligned_maps(images[start:start + chunk])):
                 local_sum[d] += aligned.double().sum(0)
                 local_sq[d] += (aligned.double() ** 2).sum(0)
-                resized = aligned if aligned.shape[-2:] == (height, width) else F.interpolate(
-                    aligned[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+                resized = _to_grid(aligned, (height, width))
                 pixel_sum[d] += resized.double().sum()
                 pixel_sq[d] += (resized.double() ** 2).sum()
                 maxima[d].append(peak)
