@@ -162,3 +162,5 @@ def test_checkpoint_without_pixel_statistics_still_loads(tmp_path):
     assert mean.shape == (40, 40) and torch.all(mean == 0) and torch.all(std == 1)
     with pytest.raises(ValueError, match="model.fusion must be one of"):
         _model(tmp_path, fusion="pixel")
+    with pytest.raises(ValueError, match="model.image_score must be one of"):
+        _model(tmp_path, image_score="mean")

@@ -36,6 +36,7 @@ from anomaly_bench.models.patchdiff.reweighting import reweight, reweighted_bce
 from anomaly_bench.models.patchdiff.schedule import one_cycle_lr
 from anomaly_bench.models.patchdiff.torch_model import (
     FUSIONS,
+    IMAGE_SCORES,
     PAPER_DETECTORS_MVTEC,
     DetectorSpec,
     PatchDiffGRADModel,
@@ -159,8 +160,8 @@ class PatchDiffGRAD(AnomalyModule):
             raise ValueError(f"model.sampler must be 'ddpm' or 'ddim', got {hp.sampler!r}")
         if hp.fusion not in FUSIONS:
             raise ValueError(f"model.fusion must be one of {FUSIONS}, got {hp.fusion!r}")
-        if hp.image_score not in ("sum_of_max", "max_of_map"):
-            raise ValueError(f"model.image_score must be 'sum_of_max' or 'max_of_map', got {hp.image_score!r}")
+        if hp.image_score not in IMAGE_SCORES:
+            raise ValueError(f"model.image_score must be one of {IMAGE_SCORES}, got {hp.image_score!r}")
         if int(hp.generator_coord_frequencies) < 0:
             raise ValueError(f"model.generator_coord_frequencies must be >= 0, got {hp.generator_coord_frequencies}")
         if hp.detector_steps is not None and hp.detector_steps < 1:

@@ -24,6 +24,7 @@ FUSIONS = ("pixel_standardized_sum", "standardized_sum", "sum")
 # a location whose training-normal logits never vary is not allowed an infinite z-score
 PIXEL_STD_FLOOR = 1e-3
 ImageScoreName = Literal["sum_of_max", "max_of_map"]
+IMAGE_SCORES = ("sum_of_max", "max_of_map")
 
 
 @dataclass
@@ -190,14 +191,15 @@ class PatchDiffGRADModel(nn.Module):
         local_sq = [torch.zeros_like(t) for t in local_sum]
         maxima: list[list[Tensor]] = [[] for _ in self.specs]
         for start in range(0, images.shape[0], chunk):
-            for d, (aligned, peak) in enumerate(self.aligned_maps(images[start:start + chunk])):
+            batch = images[start:start + chunk]
+            for d, (aligned, peak) in enumerate(self.aligned_maps(batch)):
                 local_sum[d] += aligned.double().sum(0)
                 local_sq[d] += (aligned.double() ** 2).sum(0)
                 resized = _to_grid(aligned, (height, width))
                 pixel_sum[d] += resized.double().sum()
                 pixel_sq[d] += (resized.double() ** 2).sum()
                 maxima[d].append(peak)
-            pixel_n += images[start:start + chunk].shape[0] * height * width
+            pixel_n += batch.shape[0] * height * width
         n = images.shape[0]
         pixel_mean = pixel_sum / pixel_n
         pixel_std = (pixel_sq / pixel_n - pixel_mean ** 2).clamp_min(0).sqrt()
