@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Trainer
-from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.classification import binary_auroc
 
 from anomaly_bench.data import MVTecLOCO
 from anomaly_bench.data.synthetic import write_dataset
@@ -51,6 +51,10 @@ def fit(config: Path, root: Path, work: Path) -> tuple[PatchDiffGRAD, MVTecLOCO,
     return model, data, time.perf_counter() - start
 
 
+def auroc(labels: list[int], scores: list[float]) -> float:
+    return float(binary_auroc(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)))
+
+
 @torch.no_grad()
 def score(model: PatchDiffGRAD, data: MVTecLOCO) -> dict[str, dict[str, float]]:
     """AUROC per (fusion, image score) -> {category, category/group} -> value."""
@@ -67,10 +71,10 @@ def score(model: PatchDiffGRAD, data: MVTecLOCO) -> dict[str, dict[str, float]]:
         table: dict[str, float] = {}
         for category in sorted({r[0] for r in rows}):
             picked = [r for r in rows if r[0] == category]
-            table[category] = roc_auc_score([r[2] for r in picked], [r[3][f] for r in picked])
+            table[category] = auroc([r[2] for r in picked], [r[3][f] for r in picked])
             for group in GROUPS:
                 sub = [r for r in picked if r[1] in (group, "good")]
-                table[f"{category}/{group.split('_')[0]}"] = roc_auc_score([r[2] for r in sub], [r[3][f] for r in sub])
+                table[f"{category}/{group.split('_')[0]}"] = auroc([r[2] for r in sub], [r[3][f] for r in sub])
         table["mean"] = float(np.mean([v for k, v in table.items() if "/" not in k]))
         results[f"{fusion}+{rule}"] = table
     return results
