@@ -11,11 +11,29 @@ dataclass fields) and leaves the Python fields alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def as_height_width(image_size: int | Sequence[int], what: str = "image_size") -> tuple[int, int]:
+    """An image size as ``(height, width)``: an int means a square; anything else is an error naming ``what``."""
+    if isinstance(image_size, bool):
+        raise ValueError(f"{what} must be a positive int or [height, width], got {image_size!r}")
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        try:
+            size = tuple(int(v) for v in image_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a positive int or [height, width], got {image_size!r}") from None
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"{what} must be a positive int or [height, width], got {image_size!r}")
+    return size  # type: ignore[return-value]
+
 
 LABEL_NORMAL = 0
 LABEL_ANOMALOUS = 1
@@ -42,7 +60,9 @@ class Sample:
 
     ``mask_paths`` is empty for normal images (their mask is all zero), holds one file for the
     MVTec-style layouts and one file per defect region for MVTec LOCO. ``defects`` is aligned with
-    ``mask_paths`` (LOCO only; empty elsewhere).
+    ``mask_paths`` (LOCO only; empty elsewhere). ``subset`` is the evaluation subset an anomalous
+    image belongs to, set by the layout that knows it: ``logical`` | ``structural`` (MVTec LOCO,
+    reported apart by the metrics) or ``""`` (none).
     """
 
     image_path: str
@@ -52,6 +72,7 @@ class Sample:
     mask_paths: tuple[str, ...] = ()
     defects: tuple[DefectSpec, ...] = ()
     split: str = "test"
+    subset: str = ""
 
 
 @dataclass
@@ -63,7 +84,7 @@ class Batch:
     mask:       float [B, H, W] in {0, 1} at the model resolution (all zero for normal/unknown);
                 for training-time use (e.g. real-anomaly sources) and for evaluation at model size.
     orig_size:  long [B, 2], (H, W) of the image file on disk; the native evaluation resolution.
-    category, defect, path, mask_paths, defects: per-sample Python values (see ``Sample``).
+    category, defect, path, mask_paths, defects, subset: per-sample Python values (see ``Sample``).
     """
 
     image: Tensor
@@ -75,6 +96,7 @@ class Batch:
     path: list[str]
     mask_paths: list[tuple[str, ...]] = field(default_factory=list)
     defects: list[tuple[DefectSpec, ...]] = field(default_factory=list)
+    subset: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -103,6 +125,7 @@ def collate_items(items: list[dict[str, Any]]) -> Batch:
         path=[it["path"] for it in items],
         mask_paths=[tuple(it.get("mask_paths", ())) for it in items],
         defects=[tuple(it.get("defects", ())) for it in items],
+        subset=[str(it.get("subset", "")) for it in items],
     )
 
 
@@ -131,3 +154,21 @@ class AnomalyOutput:
 
     def detach_cpu(self) -> "AnomalyOutput":
         return AnomalyOutput(self.anomaly_map.detach().float().cpu(), self.pred_score.detach().float().cpu())
+
+
+@dataclass
+class Prediction(AnomalyOutput):
+    """What ``trainer.predict`` returns per batch: the raw output plus which images it belongs to.
+
+    path, category, defect: per image, as the dataset indexed it; label: [B] (-1 = unknown).
+    """
+
+    path: list[str] = field(default_factory=list)
+    category: list[str] = field(default_factory=list)
+    defect: list[str] = field(default_factory=list)
+    label: Tensor | None = None
+
+    @classmethod
+    def of(cls, output: AnomalyOutput, batch: "Batch") -> "Prediction":
+        return cls(output.anomaly_map, output.pred_score, list(batch.path), list(batch.category),
+                   list(batch.defect), batch.label)

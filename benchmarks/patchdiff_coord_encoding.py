@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly_bench.data.decode import decode_image
+from anomaly_bench.data.io import decode_image
 from anomaly_bench.data.synthetic import write_dataset
 from anomaly_bench.models.patchdiff.generator import PatchDiff, coordinate_map
 from anomaly_bench.models.patchdiff.patches import random_crops

@@ -1,15 +1,15 @@
 """Collect every cell's metrics into one tidy long table.
 
 Columns: grid, model, dataset, setting, category, seed, metric, value, cell_id. One row per
-number. The metric files are written by the Evaluator; we read them defensively (CSV first, JSON
-as fallback) because a benchmark must report what it can rather than crash on one odd file.
+number. A cell's ``metrics.json`` is read with ``metrics.report.read_tables``, the inverse of the
+one writer (``write_tables``). A cell whose command is another tool (a custom command in the grid)
+may leave only a ``metrics.csv`` with one row per category: that is read as a table.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,11 @@ import pandas as pd
 
 from anomaly_bench.benchmark.grid import Cell, GridConfig
 from anomaly_bench.benchmark.runner import find_metrics_json
+from anomaly_bench.metrics.report import MetricsFileError, metric_values, read_tables
 
 TIDY_COLUMNS = ["grid", "model", "dataset", "setting", "category", "seed", "metric", "value", "cell_id"]
 MEAN_LABELS = ("mean", "average", "avg", "all")
 CATEGORY_KEYS = ("category", "class", "name")
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return not math.isnan(value)
-    return False
 
 
 def is_bookkeeping_column(name: str) -> bool:
@@ -53,77 +46,34 @@ def read_metrics_csv(path: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
-def _metrics_of(obj: Any) -> dict[str, float]:
-    """Numeric leaves of a per-category metrics dict; ``{"value": x, ...}`` counts as x."""
-    out: dict[str, float] = {}
-    if not isinstance(obj, dict):
-        return out
-    for key, value in obj.items():
-        if is_bookkeeping_column(str(key)) or str(key).lower() in CATEGORY_KEYS:
-            continue
-        if _is_number(value):
-            out[str(key)] = float(value)
-        elif isinstance(value, dict) and _is_number(value.get("value")):
-            out[str(key)] = float(value["value"])
-    return out
-
-
 def read_metrics_json(path: Path) -> list[tuple[str, str, float]]:
-    """(category, metric, value) from ``metrics.json`` in the shapes an evaluator may use:
-    ``[{category, <metric>...}]``; ``{"per_category": {cat: {...}} | [...], "mean": {...}}``;
-    ``{cat: {metric: v}}``; or a flat ``{metric: v}`` (read as the mean)."""
-    data = json.loads(Path(path).read_text())
-    rows: list[tuple[str, str, float]] = []
+    """(category, metric, value) from a ``metrics.json`` written by ``write_tables``.
 
-    def records(items: Iterable[Any]) -> None:
-        for rec in items:
-            if isinstance(rec, dict):
-                cat = next((str(rec[k]) for k in CATEGORY_KEYS if k in rec), "mean")
-                rows.extend((cat, m, v) for m, v in _metrics_of(rec).items())
+    Raises ``MetricsFileError`` (one line naming the file) for anything else.
 
-    def by_category(mapping: dict[str, Any]) -> None:
-        for cat, value in mapping.items():
-            rows.extend((str(cat), m, v) for m, v in _metrics_of(value).items())
-
-    if isinstance(data, list):
-        records(data)
-        return rows
-    if not isinstance(data, dict):
-        return rows
-    if isinstance(data.get("metrics"), (dict, list)) and not _metrics_of(data):
-        data = data["metrics"]
-        if isinstance(data, list):
-            records(data)
-            return rows
-    nested = next((data[k] for k in ("per_category", "categories") if k in data), None)
-    if nested is not None:
-        records(nested) if isinstance(nested, list) else by_category(nested)
-        if isinstance(data.get("mean"), dict):
-            rows.extend(("mean", m, v) for m, v in _metrics_of(data["mean"]).items())
-        return rows
-    flat = _metrics_of(data)
-    if flat:
-        rows.extend(("mean", m, v) for m, v in flat.items())
-    else:
-        by_category({k: v for k, v in data.items() if isinstance(v, dict)})
-    return rows
+    Args:
+        path: the ``metrics.json`` file.
+    """
+    rows, _ = read_tables(path)
+    return metric_values(rows)
 
 
 def read_cell_metrics(run_dir: Path) -> list[tuple[str, str, float]]:
-    """Metrics of one cell; ``metrics.csv`` next to ``metrics.json`` wins when present."""
+    """Metrics of one cell: its ``metrics.json`` (``read_tables``); a ``metrics.csv`` of another
+    tool beside a JSON that ``write_tables`` did not write; nothing when neither is there."""
     json_path = find_metrics_json(run_dir)
     if json_path is None:
         return []
-    csv_path = json_path.with_name("metrics.csv")
-    rows: list[tuple[str, str, float]] = []
-    if csv_path.is_file():
-        try:
-            rows = read_metrics_csv(csv_path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
-            rows = []
-    if not rows:
-        rows = read_metrics_json(json_path)
-    return rows
+    try:
+        return read_metrics_json(json_path)
+    except MetricsFileError:
+        csv_path = json_path.with_name("metrics.csv")
+        if not csv_path.is_file():
+            raise
+    try:
+        return read_metrics_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
+        return []
 
 
 def _normalise_category(label: str) -> str:
@@ -135,7 +85,11 @@ def collect_results(grid: GridConfig, cells: Sequence[Cell], cells_root: Path | 
     root = cells_root or (grid.output_dir / "cells")
     records: list[dict[str, Any]] = []
     for cell in cells:
-        rows = read_cell_metrics(root / cell.id)
+        try:
+            rows = read_cell_metrics(root / cell.id)
+        except MetricsFileError as err:  # one odd cell must not cost the grid's table
+            warnings.warn(f"cell {cell.id} left out of the results: {err}", stacklevel=2)
+            continue
         if not rows:
             continue
         categories = {_normalise_category(c) for c, _, _ in rows} - {"mean"}

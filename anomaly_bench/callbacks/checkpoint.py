@@ -1,10 +1,17 @@
-"""Checkpointing defaults: always ``last.ckpt``; ``best.ckpt`` when there is a validation metric to rank by."""
+"""Checkpointing defaults: ``last.ckpt`` every epoch, ``best.ckpt`` when there is a validation metric
+to rank by; every file replaced atomically inside the run directory."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from anomaly_bench import runs
+from anomaly_bench.atomic import atomic_path, remove_stale_temporaries
+from anomaly_bench.callbacks.rundir import run_dir_of
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -13,7 +20,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     Anomaly validation sets often hold normal images only (held-out training normals, LOCO's
     ``validation/``), so the monitored metric may never be logged. Lightning's ModelCheckpoint then
     raises; here the best checkpoint is simply not written and ``--ckpt_path best`` falls back to
-    ``last`` (see ``anomaly_bench.runs.resolve_checkpoint``).
+    ``last`` (see ``anomaly_bench.runs.checkpoint_file``).
+
+    Every checkpoint is written to a temporary file in its own folder and renamed over the old one,
+    so a crash mid-write never leaves a truncated ``last.ckpt`` (Lightning writes in place), whatever
+    file system ``$TMPDIR`` is on; temporaries a killed run left behind are removed at the next setup.
+
+    Args:
+        dirpath: folder of the checkpoints; None = ``<run directory>/checkpoints``.
+        monitor: the logged metric that ranks checkpoints for ``best.ckpt``.
+        mode: ``max`` or ``min``: whether a larger ``monitor`` value is better.
+        **kwargs: any other ``ModelCheckpoint`` argument.
     """
 
     def __init__(self, dirpath: str | None = None, monitor: str | None = "val/image_auroc",
@@ -24,6 +41,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         kwargs.setdefault("auto_insert_metric_name", False)
         kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, **kwargs)
+        self._configured_dirpath = dirpath
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._configured_dirpath is None:
+            self.dirpath = str(run_dir_of(trainer) / runs.CHECKPOINT_DIR)
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            remove_stale_temporaries(self.dirpath)
 
     def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
@@ -32,3 +57,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self._last_global_step_saved = trainer.global_step
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if not trainer.is_global_zero or "://" in str(filepath):
+            # other ranks only join the collective save; remote file systems have no local rename
+            super()._save_checkpoint(trainer, filepath)
+            return
+        with atomic_path(filepath) as tmp:
+            super()._save_checkpoint(trainer, str(tmp))
+        self._last_checkpoint_saved = filepath
+        if Path(filepath).name == runs.LAST_CKPT:
+            runs.point_latest(Path(filepath).parent.parent)

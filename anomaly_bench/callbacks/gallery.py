@@ -408,7 +408,7 @@ def _thumbnails(entry: GalleryEntry, max_side: int) -> tuple[bytes | None, bytes
     """PNG bytes of the input image (BGR order as cv2 writes) and of its mask union, or None."""
     import cv2
 
-    from anomaly_bench.data.io import DataError, read_image_rgb, read_mask
+    from anomaly_bench.data.io import DataError, read_ground_truth, read_image_rgb
 
     try:
         image = read_image_rgb(entry.candidate.path)
@@ -420,14 +420,11 @@ def _thumbnails(entry: GalleryEntry, max_side: int) -> tuple[bytes | None, bytes
     thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else image
     mask_png = None
     if entry.mask_paths:
-        union = np.zeros((size[1], size[0]), np.uint8)
-        for mask_path in entry.mask_paths:
-            try:
-                mask = (read_mask(mask_path) != 0).astype(np.uint8) * 255
-            except (DataError, OSError, ValueError):
-                continue
-            union |= cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        mask_png = _encode_png(union)
+        try:  # the one ground-truth reader (the Evaluator and the visualiser use it too)
+            union = read_ground_truth(entry.mask_paths, size_hw=(size[1], size[0]))[0] * 255
+            mask_png = _encode_png(union.astype(np.uint8))
+        except (DataError, OSError, ValueError):
+            mask_png = None
     return _encode_png(cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR)), mask_png
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -22,7 +23,19 @@ class EpochSeed(Callback):
     """
 
     def __init__(self, seed: int = 0) -> None:
+        """
+        Args:
+            seed: the run's seed (``seed_everything``); each epoch's streams derive from it.
+        """
         self.seed = int(seed)
+
+    @classmethod
+    def from_environment(cls) -> "EpochSeed":
+        """An EpochSeed with the seed ``seed_everything`` recorded in ``PL_GLOBAL_SEED`` (0 without one)."""
+        try:
+            return cls(int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        except ValueError:
+            return cls(0)
 
     def epoch_seed(self, epoch: int, rank: int) -> int:
         return (self.seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**31 - 1)

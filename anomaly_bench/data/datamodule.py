@@ -7,6 +7,7 @@ A layout subclass only says where things are on disk:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -24,11 +25,12 @@ from anomaly_bench.data.files import list_images_recursive
 from anomaly_bench.data.sampling import EpochShuffleSampler
 from anomaly_bench.data.io import DataError
 from anomaly_bench.data.transforms import NORMALIZATIONS, build_augmentations
-from anomaly_bench.types import LABEL_UNKNOWN, Sample, collate_items
+from anomaly_bench.types import LABEL_UNKNOWN, Sample, as_height_width, collate_items
 
 log = logging.getLogger(__name__)
 
 VALIDATION_MODES = ("none", "train_holdout", "validation")
+MIN_HOLDOUT = 10  # held-out normals per category a threshold quantile can rest on
 
 
 class AnomalyDataModule(LightningDataModule):
@@ -47,14 +49,21 @@ class AnomalyDataModule(LightningDataModule):
         train_augmentations: albumentations specs (see ``anomaly_bench.data.transforms``), applied
             to training images and masks only. None = no augmentation (``deterministic_train``).
         validation: ``none`` | ``train_holdout`` (seeded ``val_fraction`` of the training normals
-            per category) | ``validation`` (the dataset's own validation split, e.g. MVTec LOCO).
-            None = the dataset's default (``default_validation``). The test split is never used.
+            per category, at least ``MIN_HOLDOUT`` images where the category has twice that) |
+            ``validation`` (the dataset's own validation split, e.g. MVTec LOCO). None = the
+            dataset's own split where it has one, else ``train_holdout`` when a callback needs
+            normal validation images (operating thresholds, ``Thresholding``), else ``none``.
+            The resolved choice is ``resolved_validation``. The test split is never used.
         val_fraction: share of training normals held out for ``train_holdout``.
         cache: ``memory`` | ``disk`` | ``none`` (see ``anomaly_bench.data.cache``).
         cache_dir: folder for ``cache="disk"``.
         predict_path: an image file or a folder of images (searched recursively) to ``predict``
             without labels (label -1); None predicts on the test split.
         seed: seeds the train-holdout split.
+        download: fetch and unpack the dataset's public archive into ``root`` when ``root`` holds no
+            data yet (``prepare_data``; checksum verified first, see ``anomaly_bench.data.download``);
+            a dataset already on disk is never touched. Datasets without a direct public archive
+            (MPDD, GoodsAD) fail with the page to download them from.
     """
 
     dataset_name: ClassVar[str] = "dataset"
@@ -76,22 +85,23 @@ class AnomalyDataModule(LightningDataModule):
         cache_dir: str | Path | None = None,
         predict_path: str | Path | None = None,
         seed: int = 0,
+        download: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
         self.category = category
-        self.image_size = _as_hw(image_size)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else int(batch_size)
-        self.num_workers = int(num_workers)
+        self.image_size = as_height_width(image_size, "data.init_args.image_size")
+        self.batch_size = _at_least(batch_size, 1, "batch_size")
+        self.eval_batch_size = _at_least(eval_batch_size if eval_batch_size is not None else batch_size, 1,
+                                         "eval_batch_size")
+        self.num_workers = _at_least(num_workers, 0, "num_workers")
         if normalization is not None and normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be None or one of {NORMALIZATIONS}, got {normalization!r}")
         self.normalization = normalization
         self.train_augmentations = train_augmentations
         self._augment = build_augmentations(train_augmentations)  # fail at construction on bad specs
-        validation = validation if validation is not None else self.default_validation
-        if validation not in VALIDATION_MODES:
-            raise ValueError(f"validation must be one of {VALIDATION_MODES}, got {validation!r}")
+        if validation is not None and validation not in VALIDATION_MODES:
+            raise ValueError(f"data.init_args.validation must be one of {VALIDATION_MODES}, got {validation!r}")
         self.validation = validation
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -104,6 +114,7 @@ class AnomalyDataModule(LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.seed = int(seed)
+        self.download = bool(download)
 
         self._categories: list[str] | None = None
         self._samples: dict[str, list[Sample]] | None = None
@@ -138,6 +149,19 @@ class AnomalyDataModule(LightningDataModule):
         return self._augment is None
 
     @property
+    def resolved_validation(self) -> str:
+        """The validation mode in use (``validation=None`` resolved, see the class docstring)."""
+        if self.validation is not None:
+            return self.validation
+        if self.default_validation != "none":
+            return self.default_validation
+        trainer = getattr(self, "trainer", None)
+        callbacks = getattr(trainer, "callbacks", None) or []
+        if any(getattr(cb, "wants_validation_normals", False) for cb in callbacks):
+            return "train_holdout"
+        return "none"
+
+    @property
     def resolved_normalization(self) -> str:
         return self._resolved_normalization or self._resolve_normalization()
 
@@ -146,6 +170,14 @@ class AnomalyDataModule(LightningDataModule):
         return list(self._split_samples()[split])
 
     # ------------------------------------------------------------------------------- setup
+    def prepare_data(self) -> None:
+        """Download the dataset when ``download`` is true (Lightning calls this on one process per
+        node, before ``setup``); a no-op when ``root`` already holds data."""
+        if self.download:
+            from anomaly_bench.data.download import download_dataset
+
+            download_dataset(self.dataset_name, self.root)
+
     def setup(self, stage: str | None = None) -> None:
         self._resolved_normalization = self._resolve_normalization()
         if stage == "predict" and self.predict_path is not None and not self.root.exists():
@@ -193,10 +225,10 @@ class AnomalyDataModule(LightningDataModule):
                 for s in indexed:
                     by_split.setdefault(s.split, []).append(s)
                 train = by_split.get("train", [])
-                if self.validation == "train_holdout":
+                if self.resolved_validation == "train_holdout":
                     train, held_out = self._hold_out(train, category)
                     samples["val"] += held_out
-                elif self.validation == "validation":
+                elif self.resolved_validation == "validation":
                     own = by_split.get("validation", [])
                     if not own:
                         raise DataError(
@@ -224,13 +256,13 @@ class AnomalyDataModule(LightningDataModule):
                 f"validation='train_holdout' needs at least 2 training images in category {category!r}, "
                 f"found {len(train)}"
             )
-        n_val = min(max(1, int(round(self.val_fraction * len(train)))), len(train) - 1)
+        wanted = max(MIN_HOLDOUT, int(round(self.val_fraction * len(train))))
+        n_val = min(wanted, max(1, len(train) // 2))  # never more than half of a small category
         # seed mixes in the category name so categories are split independently but reproducibly
         rng = np.random.default_rng([self.seed, *category.encode()])
         chosen = set(rng.choice(len(train), size=n_val, replace=False).tolist())
         kept = [s for i, s in enumerate(train) if i not in chosen]
-        held = [Sample(s.image_path, s.label, s.category, s.defect, s.mask_paths, s.defects, "val")
-                for i, s in enumerate(train) if i in chosen]
+        held = [dataclasses.replace(s, split="val") for i, s in enumerate(train) if i in chosen]
         return kept, held
 
     def _log_counts(self, samples: dict[str, list[Sample]]) -> None:
@@ -287,7 +319,7 @@ class AnomalyDataModule(LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        if self.validation == "none" or not self._split_samples()["val"]:
+        if self.resolved_validation == "none" or not self._split_samples()["val"]:
             return []  # Lightning skips validation
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
@@ -298,13 +330,11 @@ class AnomalyDataModule(LightningDataModule):
         return self._loader("predict", self.eval_batch_size, shuffle=False)
 
 
-def _as_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    size = tuple(int(v) for v in image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
-    return size  # type: ignore[return-value]
+def _at_least(value: Any, minimum: int, name: str) -> int:
+    """``value`` as an int >= ``minimum``; anything else is a one-line error naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        raise ValueError(f"data.init_args.{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _category_list(category: str | Sequence[str], fallback: str | None = None) -> list[str]:

@@ -9,13 +9,35 @@ import torch
 from torch.utils.data import Dataset
 
 from anomaly_bench.data.cache import SampleCache
-from anomaly_bench.data.decode import decode_image, decode_masks
-from anomaly_bench.data.io import DataError
+from anomaly_bench.data.io import decode_image
+from anomaly_bench.data.io import DataError, read_ground_truth
 from anomaly_bench.data.transforms import to_tensor
 from anomaly_bench.types import DefectSpec, Sample
 
 # category -> {pixel value -> DefectSpec}; MVTec LOCO only (from defects_config.json)
 DefectTable = Mapping[str, Mapping[int, DefectSpec]]
+
+
+def defect_specs(
+    category: str, mask_paths: Sequence[str], values: Sequence[int], table: Mapping[int, DefectSpec]
+) -> tuple[DefectSpec, ...]:
+    """The ``DefectSpec`` of each LOCO mask file, looked up by the file's pixel value.
+
+    Args:
+        category: the image's category (named in the error).
+        mask_paths: the image's mask files.
+        values: each file's single non-zero value (``io.read_mask_files(single_value_per_file=True)``).
+        table: that category's ``defects_config.json`` entries by pixel value.
+    """
+    specs = []
+    for path, value in zip(mask_paths, values):
+        if value not in table:
+            raise DataError(
+                f"mask {path} has pixel value {value}, which is not a pixel_value in the "
+                f"defects_config.json of category {category!r} (known: {sorted(table)})"
+            )
+        specs.append(table[value])
+    return tuple(specs)
 
 
 class AnomalyDataset(Dataset):
@@ -59,10 +81,10 @@ class AnomalyDataset(Dataset):
         sample = self.samples[index]
         image, native_hw = decode_image(sample.image_path, self.image_size)
         if sample.mask_paths:
-            mask, values = decode_masks(
-                sample.mask_paths, native_hw, self.image_size,
-                single_value_per_file=self.defect_table is not None,
-            )
+            loco = self.defect_table is not None or bool(sample.defects)
+            expected = [spec.pixel_value for spec in sample.defects] if sample.defects else None
+            mask, values = read_ground_truth(sample.mask_paths, self.image_size, native_hw,
+                                             single_value_per_file=loco, expected_values=expected)
         else:
             mask, values = np.zeros(self.image_size, dtype=np.uint8), []
         if self.cache is not None:
@@ -72,16 +94,7 @@ class AnomalyDataset(Dataset):
     def _defects(self, sample: Sample, values: list[int]) -> tuple[DefectSpec, ...]:
         if sample.defects or self.defect_table is None:
             return tuple(sample.defects)
-        table = self.defect_table.get(sample.category, {})
-        specs = []
-        for path, value in zip(sample.mask_paths, values):
-            if value not in table:
-                raise DataError(
-                    f"mask {path} has pixel value {value}, which is not a pixel_value in the "
-                    f"defects_config.json of category {sample.category!r} (known: {sorted(table)})"
-                )
-            specs.append(table[value])
-        return tuple(specs)
+        return defect_specs(sample.category, sample.mask_paths, values, self.defect_table.get(sample.category, {}))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
@@ -103,6 +116,7 @@ class AnomalyDataset(Dataset):
             "orig_size": native_hw,
             "category": sample.category,
             "defect": sample.defect,
+            "subset": sample.subset,
             "path": sample.image_path,
             "mask_paths": tuple(sample.mask_paths),
             "defects": self._defects(sample, values),

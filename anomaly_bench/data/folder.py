@@ -27,14 +27,17 @@ from anomaly_bench.types import LABEL_ANOMALOUS, LABEL_NORMAL, Sample
 class Folder(AnomalyDataModule):
     """Custom data from folders.
 
-    Args (besides ``AnomalyDataModule``'s):
-        normal_dir: folder of normal images.
+    Args:
+        root: the folder the relative ``*_dir`` paths start from.
+        normal_dir: folder of normal images (relative to ``root`` or absolute).
         abnormal_dir: folder of anomalous test images (None: a test set of normals only).
-        mask_dir: folder of masks for abnormal_dir (None: no pixel ground truth).
+        mask_dir: folder of masks for abnormal_dir, matched by file stem (None: no pixel ground truth).
         normal_test_dir: folder of normal test images; None moves ``normal_test_fraction`` of
             normal_dir (seeded) to the test split.
-        normal_test_fraction: share of normal_dir used as normal test images.
+        normal_test_fraction: share of normal_dir used as normal test images when
+            ``normal_test_dir`` is None.
         name: the category name reported in metrics (default: the root folder's name).
+        **kwargs: the options every datamodule has (``AnomalyDataModule``: image size, batch size...).
     """
 
     dataset_name = "Folder"

@@ -1,15 +1,19 @@
 """Reading images and masks from disk, with errors that name the file.
 
-One place for decoding so that loaders, the Evaluator (native-resolution ground truth) and the
-visualiser agree on what a file contains.
+One place for decoding images and masks, so that loaders, the Evaluator (native-resolution ground
+truth) and the visualiser agree on what a file contains.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 cv2.setNumThreads(0)  # let DataLoader workers parallelise, not OpenCV inside each worker
 
@@ -18,14 +22,89 @@ class DataError(ValueError):
     """A dataset file or folder is missing, unreadable, or not what the layout expects."""
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB [H, W, 3] at its native size; grayscale and 16 bit converted.
+# Pillow's decompression-bomb guard stays on (never switched off for the whole process): a limit
+# far above any public anomaly-detection image (GoodsAD's largest are ~12 Mpx), configurable.
+MAX_IMAGE_PIXELS_ENV = "ANOMALY_BENCH_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own error limit: 2 x Image.MAX_IMAGE_PIXELS
 
-    The same Pillow decoder as the datamodules (``decode.decode_image``): a truncated file is an
-    error here too, never grey-filled pixels.
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) the loaders decode; ``$ANOMALY_BENCH_MAX_IMAGE_PIXELS`` sets it."""
+    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        raise DataError(f"${MAX_IMAGE_PIXELS_ENV}={value!r} must be a whole number of pixels") from None
+    if limit <= 0:
+        raise DataError(f"${MAX_IMAGE_PIXELS_ENV}={value!r} must be positive")
+    return limit
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Pillow image of any common mode -> uint8 RGB [H, W, 3] (grayscale is replicated)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.float32)
+        scale = 255.0 / 65535.0 if im.mode.startswith("I;16") else 255.0 / max(float(arr.max()), 1.0)
+        gray = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im)  # a writable copy (the cache and augmentations may write to it)
+
+
+def decode_image(path: str | Path, size_hw: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image to uint8 RGB resized to ``size_hw`` (None keeps the native size).
+
+    Images are decoded with Pillow, not OpenCV: OpenCV decodes a truncated JPEG without an error
+    (grey fill and a printed warning), so a damaged file would silently become training data; Pillow
+    raises. Pillow's JPEG ``draft`` mode decodes large images (GoodsAD) directly at 1/2..1/8 scale.
+
+    Returns ``(image [h, w, 3], (H, W) native size)``. Raises DataError naming the file when it is
+    missing, not an image, truncated, or larger than ``max_image_pixels()``.
     """
-    from anomaly_bench.data.decode import decode_image  # decode imports this module
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            # our own limit below replaces Pillow's warning band; its hard error still applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                native_w, native_h = im.size
+                if native_w * native_h > limit:
+                    raise DataError(
+                        f"image {path} has {native_w}x{native_h} = {native_w * native_h} pixels, more than the "
+                        f"limit of {limit}; set ${MAX_IMAGE_PIXELS_ENV} to a larger number if the file is genuine"
+                    )
+                if size_hw is not None and im.format == "JPEG":
+                    # decode at the smallest 1/2^k scale that is still >= the target size
+                    im.draft("RGB", (size_hw[1], size_hw[0]))
+                im.load()
+                array = _to_rgb_array(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} exceeds Pillow's decompression-bomb limit ({err}); set "
+                        f"${MAX_IMAGE_PIXELS_ENV} only if the file is genuine") from None
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
+        raise DataError(f"cannot decode image (unreadable or truncated): {path} ({err})") from err
+    return resize_image(array, size_hw), (native_h, native_w)
 
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """Area interpolation when shrinking (no aliasing), bilinear when enlarging."""
+    if size_hw is None or tuple(image.shape[:2]) == tuple(size_hw):
+        return np.ascontiguousarray(image)
+    h, w = size_hw
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB [H, W, 3] at its native size (``decode_image`` without resizing)."""
     return decode_image(path, None)[0]
 
 
@@ -33,6 +112,14 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Decode a ground-truth mask to a single-channel array of its raw values [H, W].
 
     Raw values are kept (VisA class ids, LOCO pixel values); metrics binarise with ``!= 0``.
+    Accepted: single-channel files (8 or 16 bit), palette PNGs (their palette indices), and
+    RGB / RGBA files whose colour channels are equal at every pixel (grey masks saved in colour,
+    e.g. by ``cv2.imwrite`` of a 3-channel array; alpha constant or equal to the grey value). Any
+    other colour image is a ``DataError``: a photo saved as a mask would otherwise count every
+    non-black pixel as a defect.
+
+    Args:
+        path: the mask file.
     """
     path = Path(path)
     if not path.is_file():
@@ -41,8 +128,145 @@ def read_mask(path: str | Path) -> np.ndarray:
     if mask is None or mask.size == 0:
         raise DataError(f"cannot decode mask (unreadable or truncated): {path}")
     if mask.ndim == 3:
-        mask = mask.max(axis=2)  # RGB-saved masks: any non-zero channel marks the pixel
+        mask = _single_channel(mask, path)
     return mask
+
+
+def _single_channel(mask: np.ndarray, path: Path) -> np.ndarray:
+    """A colour-decoded mask -> one channel: palette indices, or the grey value of a grey image."""
+    palette = _palette_indices(path)
+    if palette is not None:
+        return palette
+    colour = mask[:, :, :3] if mask.shape[2] >= 3 else mask
+    differ = (colour != colour[:, :, :1]).any(axis=2)
+    if differ.any():
+        raise DataError(
+            f"mask {path} is a colour image ({mask.shape[2]} channels, {int(differ.sum())} of "
+            f"{differ.size} pixels not grey); expected a single-channel mask or an RGB/RGBA one whose "
+            "colour channels are equal at every pixel"
+        )
+    grey = np.ascontiguousarray(colour[:, :, 0])
+    if mask.shape[2] == 4:
+        alpha = mask[:, :, 3]
+        if (alpha != alpha.flat[0]).any() and not np.array_equal(alpha, grey):
+            # a mask drawn as transparency would read as empty here: refuse rather than guess
+            raise DataError(f"mask {path} keeps information in its alpha channel (not constant, not the grey "
+                            "value); expected a single-channel mask or a grey RGB/RGBA one with plain alpha")
+    return grey
+
+
+def _palette_indices(path: Path) -> np.ndarray | None:
+    """Palette ("P" mode) PNGs hold class ids as indices; OpenCV expands them to colours."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode != "P":
+                return None
+            return np.array(im)
+    except Exception:  # not readable by Pillow: the OpenCV decode stands
+        return None
+
+
+def read_mask_files(
+    paths: Sequence[str | Path],
+    native_hw: tuple[int, int] | None = None,
+    single_value_per_file: bool = False,
+    expected_values: Sequence[int] | None = None,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Read every ground-truth mask file of one image: the one reader behind the datasets, the
+    Evaluator and the visualiser.
+
+    Each file goes through :func:`read_mask` and must have the image's native size
+    (``native_hw``; without it, the size of the first file): a mismatch means mis-paired files.
+
+    Args:
+        paths: the image's mask files (one for MVTec-style layouts, one per region for LOCO).
+        native_hw: (H, W) of the image on disk, None to take the first mask's size.
+        single_value_per_file: every file must hold exactly one non-zero value (MVTec LOCO channels).
+        expected_values: with ``single_value_per_file``, the value each file must hold (its
+            ``DefectSpec.pixel_value``); None accepts any single value.
+
+    Returns:
+        (binary masks [H, W] bool per file, value per file): a file's value is its single non-zero
+        value for LOCO, else its largest value (0 for an empty file).
+    """
+    channels: list[np.ndarray] = []
+    values: list[int] = []
+    for number, path in enumerate(paths):
+        raw = read_mask(path)
+        if native_hw is None:
+            native_hw = (int(raw.shape[0]), int(raw.shape[1]))
+        if tuple(raw.shape[:2]) != tuple(native_hw):
+            raise DataError(
+                f"mask {path} has size {raw.shape[1]}x{raw.shape[0]} (WxH) but its image has "
+                f"{native_hw[1]}x{native_hw[0]}; a mask must have the native size of its image"
+            )
+        binary = raw != 0
+        if single_value_per_file:
+            value = _single_value(raw, binary, path)
+            expected = list(expected_values or [])[number : number + 1]
+            if expected and value != int(expected[0]):
+                raise DataError(
+                    f"MVTec LOCO mask {path} holds pixel value {value} but its defect expects {int(expected[0])} "
+                    "(defects_config.json pixel_value)"
+                )
+        else:
+            value = int(raw.max()) if binary.any() else 0
+        channels.append(binary)
+        values.append(value)
+    return channels, values
+
+
+def _single_value(raw: np.ndarray, binary: np.ndarray, path: str | Path) -> int:
+    """The one non-zero value of a MVTec LOCO mask channel (DataError if none or several)."""
+    present = np.unique(raw[binary])
+    if present.size != 1:
+        raise DataError(
+            f"MVTec LOCO mask {path} must contain exactly one non-zero pixel value, found "
+            f"{present.tolist()}"
+        )
+    return int(present[0])
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int] | None) -> np.ndarray:
+    """Nearest-neighbour resize of a binary mask to ``size_hw`` (None: unchanged); returns bool."""
+    if size_hw is None or tuple(mask.shape[:2]) == tuple(size_hw):
+        return mask.astype(bool, copy=False)
+    resized = cv2.resize(mask.astype(np.uint8), (int(size_hw[1]), int(size_hw[0])), interpolation=cv2.INTER_NEAREST)
+    return resized != 0
+
+
+def read_ground_truth(
+    paths: Sequence[str | Path],
+    size_hw: tuple[int, int] | None = None,
+    native_hw: tuple[int, int] | None = None,
+    single_value_per_file: bool = False,
+    expected_values: Sequence[int] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Binary ground-truth mask of one image (union of its files) at ``size_hw``, plus each file's value.
+
+    The union is resized nearest-neighbour (identical to uniting the resized files).
+
+    Args:
+        paths: the image's mask files; empty means a normal image (then ``size_hw`` or
+            ``native_hw`` gives the size).
+        size_hw: (H, W) wanted; None keeps the native size.
+        native_hw: (H, W) of the image on disk (checked against every file); None: the first file's.
+        single_value_per_file: see :func:`read_mask_files`.
+        expected_values: see :func:`read_mask_files`.
+
+    Returns:
+        (mask [H, W] uint8 in {0, 1}, value per file).
+    """
+    channels, values = read_mask_files(paths, native_hw, single_value_per_file, expected_values)
+    if not channels:
+        size = size_hw if size_hw is not None else native_hw
+        if size is None:
+            raise DataError("read_ground_truth: no mask files and no size given")
+        return np.zeros(tuple(size), dtype=np.uint8), []
+    union = np.logical_or.reduce(channels)
+    return resize_mask(union, size_hw).astype(np.uint8), values
 
 
 def image_size_on_disk(path: str | Path) -> tuple[int, int]:

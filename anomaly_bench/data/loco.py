@@ -8,8 +8,9 @@
 Each mask file ("channel") holds exactly one non-zero value, the ``pixel_value`` of a
 ``defects_config.json`` entry; the batch carries the files (``mask_paths``) and their entries
 (``defects``: ``DefectSpec`` with the saturation threshold) so the metrics can compute sPRO; the
-binary ``mask`` is the union of the channels. ``validation`` defaults to the official
-``validation/`` split (normal images only).
+binary ``mask`` is the union of the channels. Each anomalous sample carries its ``subset``
+(``logical`` | ``structural``), which the metrics report apart. ``validation`` defaults to the
+official ``validation/`` split (normal images only).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from anomaly_bench.data.io import DataError
 from anomaly_bench.types import LABEL_ANOMALOUS, LABEL_NORMAL, DefectSpec, Sample
 
 ANOMALY_FOLDERS = ("logical_anomalies", "structural_anomalies")
+# test folder -> Sample.subset: the metrics report logical and structural anomalies apart
+SUBSET_OF_FOLDER = {"logical_anomalies": "logical", "structural_anomalies": "structural"}
 TEST_FOLDERS = ("good", *ANOMALY_FOLDERS)
 CONFIG_NAME = "defects_config.json"
 
@@ -114,7 +117,8 @@ class MVTecLOCO(AnomalyDataModule):
                     )
                 used.add(region_dir)
                 samples.append(Sample(str(image), LABEL_ANOMALOUS, category, folder,
-                                      tuple(str(m) for m in masks), split="test"))
+                                      tuple(str(m) for m in masks), split="test",
+                                      subset=SUBSET_OF_FOLDER[folder]))
         if not any(s.split == "test" for s in samples):
             raise DataError(f"MVTecLOCO category {category!r} has no test images in {test_dir}")
         self._check_no_extra_masks(cat_dir / "ground_truth", used)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Literal, Any
 
 from anomaly_bench.data.datamodule import AnomalyDataModule
 from anomaly_bench.data.io import DataError
@@ -36,16 +36,21 @@ RAW_DEFECT_NAME = "bad"  # the raw CSV has no defect type; use the prepared layo
 class VisA(AnomalyDataModule):
     """VisA (12 categories on the official release; discovered from the CSV or the folders).
 
-    Args (besides ``AnomalyDataModule``'s):
-        layout: ``auto`` | ``raw`` | ``prepared``.
+    Args:
+        root: the VisA folder (the raw release with ``split_csv/`` or the prepared layout).
+        layout: which on-disk layout ``root`` holds: ``raw`` (the official release, read in place
+            through the split CSV), ``prepared`` (``train/good``, ``test/good``, ``test/bad``,
+            ``ground_truth/bad``) or ``auto`` (raw when the split CSV exists).
         split_csv: the split file under ``<root>/split_csv/`` for the raw layout (``1cls.csv`` is
             the one-class benchmark split).
+        **kwargs: the options every datamodule has (``AnomalyDataModule``: image size, batch size...).
     """
 
     dataset_name = "VisA"
     default_validation = "none"
 
-    def __init__(self, root: str | Path, *, layout: str = "auto", split_csv: str = "1cls.csv",
+    def __init__(self, root: str | Path, *, layout: Literal["auto", "raw", "prepared"] = "auto",
+                 split_csv: str = "1cls.csv",
                  **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         if layout not in VISA_LAYOUTS:

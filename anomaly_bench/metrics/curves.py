@@ -17,7 +17,7 @@ Definitions follow the reference evaluators (see docs in the package README):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -61,13 +61,16 @@ class RankingCurves:
     """All curves of one evaluation set (image level or pixel level).
 
     ``num_regions``: connected ground-truth regions (PRO's denominator); ``num_channels``:
-    ground-truth channels (sPRO's denominator, LOCO only).
+    ground-truth channels (sPRO's denominator, LOCO only). ``operating``: exact counts at
+    thresholds asked for (e.g. a fitted operating threshold): threshold -> (flagged negatives,
+    flagged positives) with ``score >= threshold`` flagged.
     """
 
     points: CurvePoints
     num_regions: int = 0
     num_channels: int = 0
     mode: str = "exact"
+    operating: dict[float, tuple[float, float]] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------- ROC
     def fpr(self) -> np.ndarray:

@@ -9,7 +9,7 @@ are computed once per mask and cached (:class:`GroundTruthCache`), never per epo
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,12 +112,6 @@ def ground_truth_from_mask(
     )
 
 
-def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(size):
-        return mask
-    return cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
-
-
 class GroundTruthCache:
     """Ground truths keyed by (mask files, evaluation size): decoded and labelled once per run."""
 
@@ -133,23 +127,40 @@ class GroundTruthCache:
         defects: Sequence[DefectSpec] = (),
         size: tuple[int, int] | None = None,
         with_channels: bool = False,
+        native_hw: tuple[int, int] | None = None,
+        defect_lookup: Mapping[int, DefectSpec] | None = None,
+        category: str = "",
     ) -> GroundTruth:
-        """Read mask file(s) (union = any non-zero); ``size`` None = native resolution.
+        """Read an image's mask file(s) with the data layer's reader (``io.read_mask_files``: the
+        same checks as the datasets) and build its sparse ground truth, cached.
 
-        ``with_channels``: every file is one sPRO channel (MVTec LOCO)."""
+        Args:
+            mask_paths: the image's mask files; their union (any non-zero) is the ground truth.
+            defects: one ``DefectSpec`` per file (sPRO saturation); each file must hold its
+                ``pixel_value``.
+            size: evaluation (H, W); None = native resolution.
+            with_channels: every file is one sPRO channel holding a single value (MVTec LOCO).
+            native_hw: the image's (H, W) on disk; every file must have it (None: not checked).
+            defect_lookup: LOCO ``defects_config.json`` entries by pixel value, used when
+                ``defects`` is empty to find each file's spec from its value.
+            category: the image's category, named in errors.
+        """
         key = (tuple(mask_paths), size, with_channels)
         cached = self._items.get(key)
         if cached is not None:
             return cached
-        from anomaly_bench.data.io import read_mask
+        from anomaly_bench.data import io
 
-        raw = [read_mask(path) != 0 for path in mask_paths]
+        expected = [spec.pixel_value for spec in defects] if with_channels and defects else None
+        raw, values = io.read_mask_files(mask_paths, native_hw, single_value_per_file=with_channels,
+                                         expected_values=expected)
+        if with_channels and not defects and defect_lookup is not None:
+            from anomaly_bench.data.dataset import defect_specs
+
+            defects = defect_specs(category, mask_paths, values, defect_lookup)
         native = raw[0].shape
-        for path, mask in zip(mask_paths, raw):
-            if mask.shape != native:
-                raise ValueError(f"mask {path} is {mask.shape}, but {mask_paths[0]} is {native}: masks of one image must agree")
         target = tuple(size) if size is not None else native
-        resized = [_resize_nearest(mask, target) != 0 for mask in raw]
+        resized = [io.resize_mask(mask, target) for mask in raw]
         union = np.logical_or.reduce(resized)
         scale = (target[0] * target[1]) / float(native[0] * native[1])
         truth = ground_truth_from_mask(union, resized if with_channels else (), defects, scale)
@@ -170,6 +181,8 @@ class GroundTruthCache:
         cached = self._items.get(cache_key)
         if cached is not None:
             return cached
-        truth = ground_truth_from_mask(_resize_nearest(binary, target) != 0)
+        from anomaly_bench.data.io import resize_mask
+
+        truth = ground_truth_from_mask(resize_mask(binary, target))
         self._items[cache_key] = truth
         return truth

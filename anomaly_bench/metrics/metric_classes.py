@@ -291,15 +291,19 @@ class PixelRankingMetric(Metric):
         return images, meta[keep]
 
     def curves(
-        self, subsets: Mapping[str, Sequence[int]] | None = None, group: int | None = None
+        self,
+        subsets: Mapping[str, Sequence[int]] | None = None,
+        group: int | None = None,
+        operating_thresholds: Sequence[float] = (),
     ) -> dict[str, RankingCurves]:
-        """Curves per subset of tags (``{"all": ...}`` by default) of one ``group`` (all if None)."""
+        """Curves per subset of tags (``{"all": ...}`` by default) of one ``group`` (all if None),
+        with exact flagged counts at ``operating_thresholds`` (``RankingCurves.operating``)."""
         images, meta = self.images()
         if group is not None:
             images = [img for img, g in zip(images, meta[:, 8].tolist()) if g == group]
         if not images:
             return {}
-        return evaluate_pixels(images, subsets, self.config, self.compute_device)
+        return evaluate_pixels(images, subsets, self.config, self.compute_device, operating_thresholds)
 
     def compute(self) -> dict[str, Tensor]:
         curves = self.curves().get("all")

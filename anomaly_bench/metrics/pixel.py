@@ -31,9 +31,11 @@ from anomaly_bench.metrics.ranking import (
     WeightedEntries,
     binned_points,
     chunk_count_above,
+    count_above,
     exact_points,
     quantile_edges,
     resolve_mode,
+    sort_ascending,
     sort_in_place,
 )
 
@@ -103,16 +105,31 @@ def _cat_np(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.float64)
 
 
+def float32_at_least(threshold: float) -> np.float32:
+    """The smallest float32 ``>= threshold``: for float32 scores, ``score >= threshold`` is
+    ``score >= float32_at_least(threshold)``, so counts compare in the scores' own precision."""
+    value = np.float32(threshold)
+    return np.nextafter(value, np.float32(np.inf)) if float(value) < float(threshold) else value
+
+
+def _operating_edges(thresholds: Sequence[float]) -> Tensor:
+    """Edges whose strict counts (``score > edge``) are the ``score >= threshold`` counts."""
+    return torch.tensor([np.nextafter(float32_at_least(t), np.float32(-np.inf)) for t in thresholds],
+                        dtype=torch.float32)
+
+
 def evaluate_pixels(
     images: Sequence[PixelImage],
     subsets: Mapping[str, Sequence[int]] | None = None,
     config: BinningConfig = BinningConfig(),
     device: torch.device | str = "cpu",
+    operating_thresholds: Sequence[float] = (),
 ) -> dict[str, RankingCurves]:
     """Curves for each subset of image tags (one subset ``"all"`` of every tag when ``subsets`` is None).
 
     ``subsets`` maps a name to the tags it includes, e.g. LOCO ``{"logical": (0, 1)}``.
     ``device``: where the exact sort runs (a GPU sorts hundreds of millions of scores quickly).
+    ``operating_thresholds``: thresholds whose exact flagged counts go into ``RankingCurves.operating``.
     """
     if not images:
         raise ValueError("evaluate_pixels needs at least one image")
@@ -161,19 +178,29 @@ def evaluate_pixels(
             if len(subsets) == 1:
                 kept_scores.clear()  # the concatenated copy is all we need now
             positive_scores, weighted = weighted_for(tags)
-            points = exact_points(all_scores, positive_scores, weighted, sorted_scores=sort_in_place(all_scores))
-            del all_scores
+            sorted_scores = sort_in_place(all_scores)
+            points = exact_points(all_scores, positive_scores, weighted, sorted_scores=sorted_scores)
+            operating = {}
+            if operating_thresholds:
+                edges = _operating_edges(operating_thresholds)
+                flagged = count_above(sorted_scores, edges, strict=True)
+                flagged_positive = count_above(sort_ascending(positive_scores), edges, strict=True)
+                operating = {float(t): (float(f - p), float(p))
+                             for t, f, p in zip(operating_thresholds, flagged, flagged_positive)}
+            del all_scores, sorted_scores
             results[name] = RankingCurves(
-                points, sum(regions.get(t, 0) for t in tags), sum(channels.get(t, 0) for t in tags), EXACT
+                points, sum(regions.get(t, 0) for t in tags), sum(channels.get(t, 0) for t in tags), EXACT,
+                operating,
             )
         return results
 
     all_positive_scores, _ = weighted_for(tags_present)
     edges = quantile_edges(_cat(sample), all_positive_scores, config.num_bins, config.num_positive_bins)
     del sample
-    counts = {tag: np.zeros(edges.numel(), dtype=np.int64) for tag in tags_present}
+    operating_edges = _operating_edges(operating_thresholds)
+    counts = {tag: np.zeros(edges.numel() + operating_edges.numel(), dtype=np.int64) for tag in tags_present}
     totals = dict.fromkeys(tags_present, 0)
-    device_edges = edges.to(device)
+    device_edges = torch.cat([edges, operating_edges]).to(device)  # one count per image for both
 
     def count(image: PixelImage) -> tuple[int, np.ndarray, int]:
         scores = image.scores().to(device)
@@ -191,10 +218,16 @@ def evaluate_pixels(
         if not present:
             continue
         positive_scores, weighted = weighted_for(present)
+        summed = sum(counts[t] for t in present)
         points = binned_points(
-            edges, sum(counts[t] for t in present), sum(totals[t] for t in present), positive_scores, weighted
+            edges, summed[: edges.numel()], sum(totals[t] for t in present), positive_scores, weighted
         )
+        operating = {}
+        if operating_thresholds:
+            flagged_positive = count_above(sort_ascending(positive_scores), operating_edges, strict=True)
+            operating = {float(t): (float(f - p), float(p))
+                         for t, f, p in zip(operating_thresholds, summed[edges.numel():], flagged_positive)}
         results[name] = RankingCurves(
-            points, sum(regions[t] for t in present), sum(channels[t] for t in present), BINNED
+            points, sum(regions[t] for t in present), sum(channels[t] for t in present), BINNED, operating
         )
     return results

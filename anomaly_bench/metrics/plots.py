@@ -12,12 +12,22 @@ from anomaly_bench.metrics.curves import RankingCurves
 MAX_PLOT_POINTS = 4000
 
 
-def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keep at most MAX_PLOT_POINTS points (first and last included): exact curves can have millions."""
-    if len(x) <= MAX_PLOT_POINTS:
+def thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``max_points`` evenly spaced points (first and last included): exact curves
+    can have millions.
+
+    Args:
+        x: the curve's x values.
+        y: its y values.
+        max_points: points kept at most (>= 2).
+    """
+    if len(x) <= max_points:
         return x, y
-    index = np.unique(np.linspace(0, len(x) - 1, MAX_PLOT_POINTS).round().astype(np.int64))
+    index = np.unique(np.linspace(0, len(x) - 1, max(2, max_points)).round().astype(np.int64))
     return x[index], y[index]
+
+
+_thin = thin
 
 
 def safe_name(name: str) -> str:

@@ -1,11 +1,15 @@
 """From filled metric states to the results table (one row per category plus ``mean``) and files.
 
-Shared by the Evaluator callback and ``anomaly-bench evaluate`` so both write identical files.
+Shared by the Evaluator callback and ``anomaly-bench evaluate`` (through ``accumulator.py``) so
+both write identical files. :func:`write_tables` writes ``metrics.csv`` and ``metrics.json``
+(atomically, the JSON last: it is a benchmark cell's done marker); :func:`read_tables` is its
+inverse, what every reader of results uses.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import zlib
@@ -14,26 +18,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomaly_bench.atomic import atomic_write_text
 from anomaly_bench.metrics.curves import RankingCurves
 from anomaly_bench.metrics.ground_truth import CONNECTIVITY
 from anomaly_bench.metrics.metric_classes import ImageRankingMetric, PixelRankingMetric
+from anomaly_bench.metrics.thresholds import Thresholds, counts_at, precision_recall_f1
 
 METRIC_VERSION = "1.0"
 
 # Image tags: which subset an image belongs to (MVTec LOCO reports logical / structural apart).
+# The subset comes from the data (``Sample.subset``), never from folder names.
 TAG_GOOD, TAG_LOGICAL, TAG_STRUCTURAL, TAG_ANOMALOUS = 0, 1, 2, 3
-LOCO_FOLDERS = {"logical_anomalies": TAG_LOGICAL, "structural_anomalies": TAG_STRUCTURAL}
+SUBSET_TAGS = {"logical": TAG_LOGICAL, "structural": TAG_STRUCTURAL}
 ALL_TAGS = (TAG_GOOD, TAG_LOGICAL, TAG_STRUCTURAL, TAG_ANOMALOUS)
 LOCO_SUBSETS = {"logical": (TAG_GOOD, TAG_LOGICAL), "structural": (TAG_GOOD, TAG_STRUCTURAL)}
 MAIN_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro")
 ORACLE_COLUMNS = ("image_f1max_oracle", "pixel_f1max_oracle")
 COUNT_COLUMNS = ("num_images", "num_anomalous")
+OPERATING_COLUMNS = ("precision", "recall", "f1")  # prefixed image_ / pixel_: at the fitted threshold
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 
 
-def image_tag(label: int, defect: str) -> int:
+class MetricsFileError(ValueError):
+    """A ``metrics.json`` is missing, unreadable or not what :func:`write_tables` writes."""
+
+
+def image_tag(label: int, subset: str = "") -> int:
+    """The tag of an image: good, its evaluation subset (``Sample.subset``), or plain anomalous.
+
+    Args:
+        label: 0 normal, 1 anomalous.
+        subset: ``logical`` | ``structural`` | ``""``.
+    """
     if label == 0:
         return TAG_GOOD
-    return LOCO_FOLDERS.get(defect, TAG_ANOMALOUS)
+    if subset and subset not in SUBSET_TAGS:
+        raise ValueError(f"unknown evaluation subset {subset!r}; expected one of {sorted(SUBSET_TAGS)} or ''")
+    return SUBSET_TAGS.get(subset, TAG_ANOMALOUS)
 
 
 def stable_id(text: str) -> int:
@@ -63,14 +84,31 @@ def _finite(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def _operating_row(prefix: str, counts: tuple[float, float, float] | None) -> dict[str, float | None]:
+    """``<prefix>_precision / _recall / _f1`` from (true positives, false positives, false negatives)."""
+    values = precision_recall_f1(*counts) if counts is not None else dict.fromkeys(OPERATING_COLUMNS)
+    return {f"{prefix}_{key}": _finite(values[key]) for key in OPERATING_COLUMNS}
+
+
 def category_result(
     name: str,
     group: int,
     images: ImageRankingMetric,
     pixels: PixelRankingMetric | None,
     config: ReportConfig,
+    thresholds: Thresholds | None = None,
 ) -> CategoryResult:
-    """Every number of one category; a metric that is undefined (one class only, no masks) is None."""
+    """Every number of one category; a metric that is undefined (one class only, no masks) is None.
+
+    Args:
+        name: the category's name (the row's ``category``).
+        group: the category's group id in the metric states.
+        images: image scores and labels.
+        pixels: maps and ground truths (None: image metrics only).
+        config: limits and settings of the evaluation.
+        thresholds: operating thresholds fitted on normal images; when given, the row adds
+            ``image_precision / _recall / _f1`` (and ``pixel_*`` with a pixel threshold) at them.
+    """
     scores, meta = images.table()
     mine = meta[:, 2] == group
     labels, tags, has_truth = meta[mine, 0], meta[mine, 1], meta[mine, 4]
@@ -85,13 +123,17 @@ def category_result(
             curves = images.curves(group=group, tags=subset_tags)
             row[f"image_auroc_{subset}"] = _finite(curves.auroc())
             row[f"image_ap_{subset}"] = _finite(curves.average_precision())
+    if thresholds is not None and thresholds.image is not None:
+        row.update(_operating_row("image", counts_at(scores[mine], labels, thresholds.image)))
     result = CategoryResult(row, image_curves)
 
     anomalous_with_truth = bool(((labels == 1) & (has_truth == 1)).any())
     all_anomalous_have_truth = bool((~(labels == 1) | (has_truth == 1)).all())
     if pixels is not None and anomalous_with_truth and all_anomalous_have_truth:
         subsets = {"all": ALL_TAGS, **(LOCO_SUBSETS if is_loco else {})}
-        curves = pixels.curves(subsets, group=group)
+        pixel_threshold = thresholds.pixel if thresholds is not None else None
+        operating = (pixel_threshold,) if pixel_threshold is not None else ()
+        curves = pixels.curves(subsets, group=group, operating_thresholds=operating)
         result.pixel_curves = curves
         overall = curves.get("all")
         if overall is not None:
@@ -100,6 +142,9 @@ def category_result(
             row["pixel_aupro"] = _finite(overall.aupro(config.fpr_limit))
             if config.oracle_f1:
                 row["pixel_f1max_oracle"] = _finite(overall.f1_max_oracle()[0])
+            if pixel_threshold is not None:
+                false_pos, true_pos = overall.operating[float(pixel_threshold)]
+                row.update(_operating_row("pixel", (true_pos, false_pos, overall.points.total_positives - true_pos)))
         if is_loco:
             for limit in config.spro_limits:
                 per_subset = []
@@ -143,19 +188,29 @@ def with_mean_row(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*rows, mean]
 
 
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    return buffer.getvalue()
+
+
 def write_tables(
     rows: list[dict[str, Any]], run_dir: str | Path, config: ReportConfig, extra: Mapping[str, Any] | None = None
 ) -> tuple[Path, Path]:
-    """Write ``metrics.csv`` and ``metrics.json`` into ``run_dir``."""
+    """Write ``metrics.csv`` and ``metrics.json`` into ``run_dir``, each atomically, the JSON last.
+
+    Args:
+        rows: one dict per category plus ``mean`` (``with_mean_row``).
+        run_dir: the folder to write into (created if needed).
+        config: the evaluation settings recorded in the JSON.
+        extra: further JSON keys (``modes_used``, ``stage``, ``thresholds``...).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     columns = ordered_columns(rows)
-    csv_path = run_dir / "metrics.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
     info = {
         "metric_version": METRIC_VERSION,
         "fpr_limit": config.fpr_limit,
@@ -173,9 +228,62 @@ def write_tables(
         "rows": rows,
         **(dict(extra) if extra else {}),
     }
-    json_path = run_dir / "metrics.json"
-    json_path.write_text(json.dumps(info, indent=2, allow_nan=False, default=str))
+    # serialise before writing anything: a value JSON refuses must not leave a CSV without its JSON
+    json_text = json.dumps(info, indent=2, allow_nan=False, default=str)
+    csv_path, json_path = run_dir / METRICS_CSV, run_dir / METRICS_JSON
+    atomic_write_text(csv_path, _csv_text(rows, columns))
+    atomic_write_text(json_path, json_text)
     return csv_path, json_path
+
+
+def read_tables(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The inverse of :func:`write_tables`: ``(rows, meta)`` from ``<folder>/metrics.json``.
+
+    ``rows`` are the per-category rows plus ``mean`` exactly as written (numbers, None where a
+    metric is undefined); ``meta`` is every other key of the file (``fpr_limit``, ``columns``,
+    ``modes_used``, ``thresholds``...). Errors are one line naming the file.
+
+    Args:
+        folder: a folder holding ``metrics.json`` (a run directory), or the file itself.
+    """
+    path = Path(folder)
+    if path.is_dir() or path.name != METRICS_JSON:
+        path = path / METRICS_JSON
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MetricsFileError(f"no {METRICS_JSON} in {path.parent} (has this run been tested?)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MetricsFileError(f"cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise MetricsFileError(f"{path} is not valid JSON ({err}); it may have been cut short") from None
+    if not isinstance(data, dict) or "metric_version" not in data or not isinstance(data.get("rows"), list):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise MetricsFileError(
+            f"{path} is not a metrics file written by anomaly_bench (expected the keys metric_version, "
+            f"columns, rows; found {found})"
+        )
+    rows = data.pop("rows")
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("category"), str):
+            raise MetricsFileError(f"{path}: rows[{number}] must be an object with a 'category' string, got {row!r}")
+    return rows, data
+
+
+def metric_values(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
+    """``(category, metric, value)`` for every number of the rows (counts excluded).
+
+    Args:
+        rows: rows as :func:`read_tables` returns them.
+    """
+    out = []
+    for row in rows:
+        for key, value in row.items():
+            if key == "category" or key in COUNT_COLUMNS or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out.append((str(row["category"]), key, float(value)))
+    return out
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -193,3 +193,87 @@ def test_bad_arguments():
         MVTecAD(root=".", cache="disk")
     with pytest.raises(DataError, match="unknown albumentations transform"):
         MVTecAD(root=".", train_augmentations=[{"class_path": "NoSuchFlip"}])
+
+
+def test_rgb_photo_saved_as_a_mask_is_a_one_line_error(fresh):
+    root = fresh("mvtec")
+    mask = sorted((root / "ring" / "ground_truth" / "crack").iterdir())[0]
+    photo = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(mask), photo)
+    with pytest.raises(DataError) as err:
+        _setup(_dm(MVTecAD, root, category="ring"))
+    message = str(err.value)
+    assert str(mask) in message and "\n" not in message
+    assert "colour image" in message and "single-channel" in message
+
+
+def test_grey_masks_saved_in_colour_and_palette_masks_are_read(tmp_path):
+    from PIL import Image
+
+    from anomaly_bench.data.io import read_ground_truth, read_mask, read_mask_files
+
+    grey = np.zeros((6, 8), np.uint8)
+    grey[1:3, 2:5] = 255
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.repeat(grey[:, :, None], 3, axis=2))
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])  # opaque alpha is not a colour
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    for name in ("rgb.png", "rgba.png"):
+        assert np.array_equal(read_mask(tmp_path / name), grey)
+    classes = np.zeros((6, 8), np.uint8)
+    classes[0, 0], classes[5, 7] = 3, 7
+    palette = Image.fromarray(classes, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] * 64)  # index 3 is red, 7 blue...
+    palette.save(tmp_path / "palette.png")
+    assert np.array_equal(read_mask(tmp_path / "palette.png"), classes)  # the class ids, not colours
+    mask, values = read_ground_truth([tmp_path / "rgb.png", tmp_path / "palette.png"], size_hw=(3, 4))
+    assert mask.shape == (3, 4) and mask.dtype == np.uint8 and values == [255, 7]
+    assert np.array_equal(mask, cv2.resize(((grey != 0) | (classes != 0)).astype(np.uint8), (4, 3),
+                                           interpolation=cv2.INTER_NEAREST))
+    drawn_in_alpha = np.dstack([np.zeros_like(grey)] * 3 + [grey])  # black, defects only in alpha
+    cv2.imwrite(str(tmp_path / "alpha.png"), drawn_in_alpha)
+    with pytest.raises(DataError, match="alpha channel"):
+        read_mask(tmp_path / "alpha.png")
+    with pytest.raises(DataError, match="expects 254") as err:  # a LOCO file must hold its defect's value
+        read_mask_files([tmp_path / "rgb.png"], single_value_per_file=True, expected_values=[254])
+    assert str(tmp_path / "rgb.png") in str(err.value)
+    with pytest.raises(DataError, match="size"):
+        read_mask_files([tmp_path / "rgb.png"], native_hw=(8, 6))
+
+
+def test_loco_mask_with_another_defects_value_is_an_error(fresh):
+    """A sample that names its defects: every channel must hold that defect's pixel value."""
+    import dataclasses
+
+    from anomaly_bench.data.dataset import AnomalyDataset
+    from anomaly_bench.types import DefectSpec
+
+    dm = _dm(MVTecLOCO, fresh("loco"), category="pins")
+    dm.setup("test")
+    dataset = dm.dataset("test")
+    index = next(i for i, s in enumerate(dataset.samples) if s.mask_paths)
+    sample = dataset.samples[index]
+    good = dataset[index]["defects"]
+    assert len(good) == len(sample.mask_paths)
+    wrong = tuple(DefectSpec(pixel_value=1 if d.pixel_value != 1 else 2) for d in good)
+    named = AnomalyDataset([dataclasses.replace(sample, defects=wrong)], (32, 32))
+    with pytest.raises(DataError, match="holds pixel value") as err:
+        named[0]
+    assert sample.mask_paths[0] in str(err.value)
+    assert AnomalyDataset([dataclasses.replace(sample, defects=good)], (32, 32))[0]["defects"] == good
+
+
+def test_image_pixel_limit_is_a_one_line_error_and_configurable(tmp_path, monkeypatch) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from anomaly_bench.data.io import MAX_IMAGE_PIXELS_ENV, DataError, decode_image
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(path)
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "1999")
+    with pytest.raises(DataError, match=r"big.png has 50x40 = 2000 pixels.*ANOMALY_BENCH_MAX_IMAGE_PIXELS"):
+        decode_image(path, None)
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "2000")
+    assert decode_image(path, None)[0].shape == (40, 50, 3)
+    monkeypatch.delenv(MAX_IMAGE_PIXELS_ENV)
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's guard is never switched off globally

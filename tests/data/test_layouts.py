@@ -159,4 +159,24 @@ def test_loco_channels_saturation_and_validation_split(synth_root):
         assert np.array_equal(small, test.mask[i].numpy().astype(np.uint8))
         group = "logical" if test.defect[i] == "logical_anomalies" else "structural"
         assert all(s.relative_saturation == (group == "structural") for s in specs)
+        assert test.subset[i] == group  # the evaluation subset comes from the data, not folder names
     assert multi >= 1  # some logical images have several regions (one file each)
+    assert {test.subset[i] for i in range(len(test)) if test.label[i] == 0} == {""}
+    assert {s.subset for s in dm.samples("train")} == {""}
+
+
+def test_train_holdout_copies_samples_whole(synth_root):
+    """Held-out normals are the indexed samples with only their split changed (every field kept)."""
+    import dataclasses
+
+    class Tagged(MVTecAD):  # every field set to a non-default value, subset included
+        def index_category(self, category):
+            return [dataclasses.replace(s, subset="structural", defect="odd") for s in super().index_category(category)]
+
+    dm = Tagged(root=synth_root("mvtec"), category="ring", image_size=32, num_workers=0,
+                validation="train_holdout", val_fraction=0.5)
+    indexed = {s.image_path: s for s in dm.index_category("ring") if s.split == "train"}
+    held = dm.samples("val")
+    assert held and all(s == dataclasses.replace(indexed[s.image_path], split="val") for s in held)
+    assert {s.subset for s in held} == {"structural"}
+    assert {s.image_path for s in held}.isdisjoint(s.image_path for s in dm.samples("train"))

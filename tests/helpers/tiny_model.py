@@ -23,9 +23,15 @@ from anomaly_bench.types import LABEL_NORMAL, AnomalyOutput, Batch
 
 
 class TinyModel(AnomalyModule):
-    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000,
-                 evaluator: Any = True, visualizer: Any = True) -> None:
-        super().__init__(evaluator=evaluator, visualizer=visualizer)
+    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000) -> None:
+        """
+        Args:
+            mode: ``memory`` (nearest-neighbour bank of 3x3 pixel patches) or ``learned`` (a conv denoiser).
+            lr: SGD learning rate of the ``learned`` denoiser.
+            noise: standard deviation of the noise the ``learned`` denoiser removes in training.
+            bank_size: most patches kept in the ``memory`` bank.
+        """
+        super().__init__()
         if mode not in ("memory", "learned"):
             raise ValueError(f"TinyModel.mode must be 'memory' or 'learned', got {mode!r}")
         self.mode, self.lr, self.noise, self.bank_size = mode, lr, noise, bank_size

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from anomaly_bench.data.io import read_mask
 from anomaly_bench.metrics import Evaluator
+from anomaly_bench.metrics.accumulator import NonFiniteScoresError
+from anomaly_bench.metrics.thresholds import fixed_thresholds
 from anomaly_bench.models.base import AnomalyModule
 from anomaly_bench.types import AnomalyOutput, Batch, DefectSpec, collate_items
 
@@ -33,7 +35,7 @@ def _items(root, good_only=False):
     items = []
     rng = np.random.default_rng(0)
 
-    def item(category, defect, label, mask_paths=(), defects=()):
+    def item(category, defect, label, mask_paths=(), defects=(), subset=""):
         union = np.zeros(NATIVE, np.uint8)
         for p in mask_paths:
             union |= (read_mask(p) != 0).astype(np.uint8)
@@ -41,7 +43,8 @@ def _items(root, good_only=False):
         items.append({
             "image": torch.from_numpy(rng.normal(size=(3, MODEL, MODEL)).astype(np.float32)),
             "label": label, "mask": torch.from_numpy(small.astype(np.float32)), "orig_size": NATIVE,
-            "category": category, "defect": defect, "path": f"{root}/{category}/test/{defect}/{len(items):03d}.png",
+            "category": category, "defect": defect, "subset": subset,
+            "path": f"{root}/{category}/test/{defect}/{len(items):03d}.png",
             "mask_paths": tuple(mask_paths), "defects": tuple(defects),
         })
 
@@ -60,11 +63,11 @@ def _items(root, good_only=False):
     item("b", "logical_anomalies", 1,
          [_write(root / "b/ground_truth/logical_anomalies/000/000.png", first),
           _write(root / "b/ground_truth/logical_anomalies/000/001.png", second)],
-         [DefectSpec(255, 0.5, True, "extra"), DefectSpec(254, 10, False, "missing")])
+         [DefectSpec(255, 0.5, True, "extra"), DefectSpec(254, 10, False, "missing")], subset="logical")
     third = np.zeros(NATIVE, np.uint8)
     third[5:9, 2:20] = 255
     item("b", "structural_anomalies", 1, [_write(root / "b/ground_truth/structural_anomalies/000/000.png", third)],
-         [DefectSpec(255, 1.0, True, "scratch")])
+         [DefectSpec(255, 1.0, True, "scratch")], subset="structural")
     return items
 
 
@@ -72,9 +75,13 @@ class OracleModel(AnomalyModule):
     """Returns the ground truth as the anomaly map (raw scores 5 / -2: never inside [0, 1])."""
 
     def __init__(self, evaluator, at_native: bool = True) -> None:
-        super().__init__(evaluator=evaluator, visualizer=False)
+        super().__init__()
+        self.evaluator = evaluator
         self.at_native = at_native
         self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def configure_callbacks(self):
+        return [self.evaluator]  # this file checks the Evaluator alone, writing into default_root_dir
 
     def score_batch(self, batch: Batch) -> AnomalyOutput:
         if self.at_native:
@@ -181,3 +188,67 @@ def test_ddp_two_processes_write_the_numbers_of_one(tmp_path):
     one_rows = _read_csv(tmp_path / "one" / "run" / "metrics.csv")
     assert ddp_rows == one_rows
     assert float(one_rows["mean"]["pixel_aupro"]) < 0.999 and one_rows["mean"]["num_images"] == "9"
+
+
+@pytest.mark.parametrize("mode", ["exact", "binned"])
+def test_module_thresholds_add_precision_recall_f1_at_them(tmp_path, mode):
+    """Known answers: at threshold -2 every image and pixel is flagged (oracle maps are 5 / -2)."""
+    evaluator = Evaluator(plot_curves=False, mode=mode)
+    model = OracleModel(evaluator)
+    model.thresholds = fixed_thresholds(image=-2.0, pixel=-2.0, source="test")
+    _trainer(tmp_path, logger=False).test(model, dataloaders=_loader(_items(tmp_path / "data")))
+    rows = _read_csv(tmp_path / "run" / "metrics.csv")
+    pixels = 4 * NATIVE[0] * NATIVE[1]  # 2 good + 2 anomalous images per category
+    positives = {"a": 2 * 5 * 6, "b": (3 * 7 + 3 * 4) + 4 * 4 + 4 * 18}
+    for category in ("a", "b"):
+        row = rows[category]
+        assert float(row["image_precision"]) == pytest.approx(0.5) and float(row["image_recall"]) == 1.0
+        assert float(row["image_f1"]) == pytest.approx(2 / 3)
+        assert float(row["pixel_precision"]) == pytest.approx(positives[category] / pixels)
+        assert float(row["pixel_recall"]) == 1.0
+    info = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert info["thresholds"]["image"] == -2.0 and info["thresholds"]["pixel"] == -2.0
+    assert info["thresholds"]["source"] == "test" and info["thresholds"]["method"] == "fixed"
+
+
+def test_per_category_thresholds_and_a_threshold_that_flags_nothing(tmp_path):
+    evaluator = Evaluator(plot_curves=False)
+    model = OracleModel(evaluator)
+    model.thresholds = {"a": fixed_thresholds(0.0, 0.0), "b": fixed_thresholds(6.0, 6.0).to_dict()}
+    _trainer(tmp_path, logger=False).test(model, dataloaders=_loader(_items(tmp_path / "data")))
+    rows = _read_csv(tmp_path / "run" / "metrics.csv")
+    for column in ("image_precision", "image_recall", "image_f1", "pixel_precision", "pixel_recall", "pixel_f1"):
+        assert float(rows["a"][column]) == 1.0, column
+    assert rows["b"]["image_precision"] == "" and float(rows["b"]["image_recall"]) == 0.0  # nothing flagged
+    assert float(rows["b"]["pixel_f1"]) == 0.0 and rows["mean"]["image_precision"] == ""
+    assert float(rows["mean"]["image_f1"]) == 0.5
+    info = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert info["thresholds"]["image"] == {"a": 0.0, "b": 6.0}
+
+
+def test_without_thresholds_no_operating_columns(tmp_path):
+    _trainer(tmp_path, logger=False).test(OracleModel(Evaluator(plot_curves=False)),
+                                          dataloaders=_loader(_items(tmp_path / "data")))
+    info = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "thresholds" not in info and not any("precision" in c for c in info["columns"])
+
+
+def test_nan_map_is_a_one_line_error_naming_the_image_and_the_model(tmp_path):
+    class Diverged(OracleModel):
+        def score_batch(self, batch):
+            output = super().score_batch(batch)
+            output.anomaly_map[0, 0, 0] = float("nan")
+            return output
+
+    items = _items(tmp_path / "data")
+    with pytest.raises(NonFiniteScoresError) as err:
+        _trainer(tmp_path, logger=False).test(Diverged(Evaluator(plot_curves=False)), dataloaders=_loader(items))
+    message = str(err.value)
+    assert "\n" not in message and "model Diverged" in message and items[0]["path"] in message
+    assert items[1]["path"] not in message
+
+
+def test_disabled_evaluator_computes_and_writes_nothing(tmp_path):
+    evaluator = Evaluator(enabled=False)
+    _trainer(tmp_path, logger=False).test(OracleModel(evaluator), dataloaders=_loader(_items(tmp_path / "data")))
+    assert evaluator.results == [] and not (tmp_path / "run" / "metrics.json").exists()

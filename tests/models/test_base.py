@@ -9,7 +9,7 @@ from anomaly_bench.models import AnomalyModule
 
 class _Clipped(AnomalyModule):
     def __init__(self, default: float | None) -> None:
-        super().__init__(evaluator=False, visualizer=False)
+        super().__init__()
         self.default = default
         self.calls: list[tuple[float, str]] = []
 

@@ -21,7 +21,7 @@ from anomaly_bench.types import collate_items
 
 SIZE = 64
 TINY = dict(backbone="tiny", layers=(1, 2), pretrained=False, image_size=SIZE, fusion_blocks=2,
-            fusion_expansion_ratio=0.5, evaluator=False, visualizer=False)
+            fusion_expansion_ratio=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +101,7 @@ def test_end_to_end_training_detects_synthetic_anomalies(trained):
     auroc_before = roc_auc_score(test.label.numpy(), before.pred_score.numpy())
     assert auroc > 0.9, f"trained image AUROC {auroc:.3f}"
     assert auroc > auroc_before + 0.2, f"training did not help: {auroc_before:.3f} -> {auroc:.3f}"
-    assert model.cache_misses == 32 and model.cache_hits == 32 * 19  # features computed once
+    assert model.feature_cache.misses == 32 and model.feature_cache.hits == 32 * 19  # features computed once
 
 
 def test_identity_shortcut_is_avoided(trained):
@@ -130,12 +130,17 @@ def test_parameter_groups_learning_rates_and_schedule():
     assert {id(p) for p in groups["grids"]["params"]} == {id(head.grids.local_grid.grid), id(head.grids.global_grid.grid)}
     in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert in_groups == {id(p) for p in head.parameters()}  # backbone excluded, nothing forgotten
-    assert not any(id(p) in in_groups for p in model.model.extractor.parameters())
+    assert not any(id(p) in in_groups for p in model.model.feature_extractor.parameters())
     assert config["lr_scheduler"]["interval"] == "epoch"
-    for _ in range(40):
+    # official: scheduler.step(epoch) after epoch `epoch`, so epoch e trains at gamma ** ((e - 1) // 40):
+    # epochs 0..40 at the base rate, the first decayed epoch is 41 (a plain StepLR decays at 40)
+    lrs = []
+    for _ in range(42):
+        lrs.append(groups["networks"]["lr"])
         optimizer.step()
         scheduler.step()
-    assert groups["grids"]["lr"] == pytest.approx(0.01) and groups["networks"]["lr"] == pytest.approx(1e-4)
+    assert lrs[40] == pytest.approx(1e-3) and lrs[41] == pytest.approx(1e-4)
+    assert groups["grids"]["lr"] == pytest.approx(0.01)
 
 
 def test_gradient_clipping_defaults_to_official_norm():
@@ -159,7 +164,7 @@ def test_jitter_active_only_in_training():
     torch.manual_seed(0)
     model = CRAD(**TINY, jitter_p=1.0)
     x = torch.randn(2, 3, SIZE, SIZE)
-    feats = model.model.features(x)
+    feats = model.model.extract_features(x)
     model.train()
     a, b = model.model.reconstruct(feats).normal, model.model.reconstruct(feats).normal
     assert not torch.allclose(a, b)
@@ -207,8 +212,8 @@ def test_feature_cache_modes():
     for deterministic, expected in ((True, True), (False, False)):
         model = no_callbacks(CRAD(**TINY))
         quiet_trainer(max_epochs=2).fit(model, datamodule=StripesData(deterministic))
-        assert model._cache_enabled is expected
-        assert model.cache_misses == (8 if expected else 0) and model.cache_hits == (8 if expected else 0)
+        assert model.feature_cache.enabled is expected
+        assert model.feature_cache.misses == (8 if expected else 0) and model.feature_cache.hits == (8 if expected else 0)
     forced = no_callbacks(CRAD(**TINY, feature_cache="memory"))
     with pytest.raises(ValueError, match="deterministic_train"):
         quiet_trainer(max_epochs=1).fit(forced, datamodule=StripesData(False))
@@ -221,11 +226,11 @@ def test_feature_cache_modes():
 def test_disk_cache_reuses_exact_features(tmp_path):
     model = no_callbacks(CRAD(**TINY, feature_cache="disk", feature_cache_dir=str(tmp_path)))
     quiet_trainer(max_epochs=2).fit(model, datamodule=StripesData(True))
-    assert len(list(tmp_path.glob("*.pt"))) == 8
-    assert model.cache_misses == 8 and model.cache_hits == 8
+    assert len(list(tmp_path.glob("**/*.pt"))) == 8
+    assert model.feature_cache.misses == 8 and model.feature_cache.hits == 8
     batch = collate_items(stripe_items(8, False, 0)[:2])
-    stored = model.train_features(batch)
-    torch.testing.assert_close(stored, model.model.features(batch.image))
+    stored = model.feature_cache.features(batch, model.model.extract_features)
+    torch.testing.assert_close(stored, model.model.extract_features(batch.image))
 
 
 def test_wrong_image_size_is_a_clear_error():

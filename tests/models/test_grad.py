@@ -36,8 +36,6 @@ def tiny_grad(**overrides) -> BiGridGRAD:
         fusion_blocks=1,
         abnormal_epochs=1,
         normal_epochs=1,
-        evaluator=False,
-        visualizer=False,
     )
     args.update(overrides)
     module = BiGridGRAD(**args)
@@ -146,7 +144,7 @@ def test_optimizer_groups_follow_the_official_settings() -> None:
     config = module.configure_optimizers()
     optimizer = config["optimizer"]
     groups = {g["name"]: g for g in optimizer.param_groups}
-    assert groups["grids"]["lr"] == pytest.approx(0.1) and groups["nets"]["lr"] == pytest.approx(1e-3)
+    assert groups["grids"]["lr"] == pytest.approx(0.1) and groups["networks"]["lr"] == pytest.approx(1e-3)
     assert all(g["weight_decay"] == pytest.approx(0.01) for g in optimizer.param_groups)
     assert len(groups["grids"]["params"]) == 4  # local + global, normal + abnormal
     trainable = {id(p) for p in module.parameters() if p.requires_grad}
@@ -199,7 +197,7 @@ class _Snapshots(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, module: BiGridGRAD) -> None:
         self.at_epoch_start[trainer.current_epoch] = self._state(module)
-        self.stages.append(module.stage)
+        self.stages.append(module.training_stage)
 
     def on_fit_end(self, trainer: Trainer, module: BiGridGRAD) -> None:
         self.final = self._state(module)
@@ -229,6 +227,44 @@ def test_stage_b_keeps_the_abnormal_branch_bit_identical_and_trains_the_normal_b
     assert any(n.startswith("fusion.") for n in changed)
     assert _changed(start_b["mapper"], final["mapper"])
     assert start_b["w"] != final["w"]
+
+
+def test_alternating_schedule_interleaves_the_stages_and_restarts_the_decay_per_stage() -> None:
+    module = tiny_grad(abnormal_epochs=2, normal_epochs=4, stage_schedule="alternating", lr_step_epochs=2,
+                       lr_gamma=0.5)
+    assert [module.stage_at(e) for e in range(6)] == ["abnormal", "normal", "abnormal", "normal", "normal",
+                                                      "normal"]
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    # epochs within their stage: A0 B0 A1 B1 B2 B3 -> factors 1, 1, 1, 1, 0.5, 0.5
+    assert [scheduler.lr_lambdas[0](e) for e in range(6)] == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="alternating"):
+        tiny_grad(abnormal_epochs=3, normal_epochs=2, stage_schedule="alternating")
+    with pytest.raises(ValueError, match="stage_schedule"):
+        tiny_grad(stage_schedule="random")
+
+
+def test_a_frozen_mapper_keeps_stage_a_coordinates_through_stage_b() -> None:
+    torch.manual_seed(0)
+    module = tiny_grad(abnormal_epochs=1, normal_epochs=2, train_mapper_in_normal_stage=False)
+    snaps = _Snapshots()
+    trainer(3, [snaps], limit_val_batches=0).fit(module, loader(make_items(16, 0, seed=2)))
+    assert _changed(snaps.at_epoch_start[0]["mapper"], snaps.at_epoch_start[1]["mapper"])  # A trains it
+    assert not _changed(snaps.at_epoch_start[1]["mapper"], snaps.final["mapper"])  # B does not
+    assert _changed(snaps.at_epoch_start[1]["normal"], snaps.final["normal"])
+
+
+def test_contrastive_normalization_reaches_the_loss() -> None:
+    batch = collate_items(make_items(2, 2, seed=1))
+    losses = {}
+    for rule in ("per_image_count", "per_pixel_mean"):
+        torch.manual_seed(0)
+        module = tiny_grad(contrastive_normalization=rule)
+        module.apply_stage("abnormal")
+        torch.manual_seed(1)
+        losses[rule] = float(module.training_step(batch, 0))
+    assert losses["per_image_count"] != pytest.approx(losses["per_pixel_mean"])
+    with pytest.raises(ValueError, match="normalization"):
+        tiny_grad(contrastive_normalization="mean")
 
 
 def test_resuming_mid_run_resumes_stage_b(tmp_path) -> None:
@@ -290,7 +326,7 @@ def test_end_to_end_training_detects_synthetic_defects(use_abnormal_grid: bool, 
         abnormal_epochs=4,
         normal_epochs=16,
         grid_lr=0.01,
-        net_lr=0.01,
+        lr=0.01,
         use_refinement=False,
     )
     test_items = make_items(16, 16, seed=7)

@@ -25,11 +25,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from anomaly_bench.models.components.weights import (
+    WeightsStatus, WeightsUnavailableError, diffusers_status, hf_cache_dir, part_name, resolve_weights,
+)
+
 SD_V1_HUB_ID = "CompVis/stable-diffusion-v1-4"
 PROMPT_EMBEDS_FILE = "prompt_embeds.pt"
 
 
-class DiffusionLoadError(RuntimeError):
+class DiffusionLoadError(WeightsUnavailableError):
     """A diffusion component could not be loaded (offline, wrong folder, missing package)."""
 
 
@@ -177,31 +181,44 @@ def build_random(
 
 
 # --------------------------------------------------------------------------------- pretrained
-def _load_error(source: str, what: str, err: Exception) -> DiffusionLoadError:
-    return DiffusionLoadError(
-        f"could not load the {what} from {source!r}: {type(err).__name__}: {err}\n"
-        "Pretrained weights cannot be fetched without network access. Either download "
-        f"{SD_V1_HUB_ID!r} elsewhere and pass its local folder (diffusers layout: unet/, vae/, "
-        f"text_encoder/ + tokenizer/ or a {PROMPT_EMBEDS_FILE} file, scheduler/), or set "
-        "diffusion: tiny for a random-init model."
-    )
+DIFFUSION_SETTING = "model.init_args.diffusion"
 
 
-def _from_pretrained(cls: Any, source: str, subfolder: str, what: str, **kwargs: Any) -> Any:
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+
+
+def _check_source(source: str) -> None:
     if not Path(source).exists() and ("/" not in source or source.startswith((".", "/", "~"))):
         raise DiffusionLoadError(
-            f"diffusion source {source!r} is neither an existing folder nor a hub id (owner/name); "
-            "use a hub id such as 'CompVis/stable-diffusion-v1-4', a local diffusers folder, or 'tiny'"
+            f"diffusion source {source!r} is neither an existing folder nor a hub id (owner/name); set "
+            f"{DIFFUSION_SETTING} to a hub id such as {SD_V1_HUB_ID!r}, a local diffusers folder, or 'tiny'"
         )
+
+
+def _from_pretrained(cls: Any, source: str, subfolder: str, what: str, status: WeightsStatus,
+                     local_only: bool, **kwargs: Any) -> Any:
+    if not Path(source).exists():
+        # the same cache the availability check looked in; no hub request when everything is cached
+        kwargs.update(cache_dir=str(hf_cache_dir()), local_files_only=local_only)
     try:
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
     except Exception as err:  # hub, file-system and config errors all mean "not loadable here"
-        raise _load_error(source, what, err) from err
+        raise status.error(f"loading the {what} failed: {_first_line(err)}", DiffusionLoadError) from err
 
 
-def encode_prompts(source: str, prompt: str, negative_prompt: str = "") -> tuple[Tensor, Tensor]:
+def encode_prompts(source: str, prompt: str, negative_prompt: str = "", status: WeightsStatus | None = None,
+                   local_only: bool = False) -> tuple[Tensor, Tensor]:
     """Text embeddings of ``prompt`` and ``negative_prompt``: from ``prompt_embeds.pt`` in a local
-    folder when present, else through the CLIP tokenizer + text encoder (needs ``transformers``)."""
+    folder when present, else through the CLIP tokenizer + text encoder (needs ``transformers``).
+
+    Args:
+        source: a local diffusers folder or a hub id.
+        prompt: the conditional prompt.
+        negative_prompt: the unconditional prompt (classifier-free guidance).
+        status: the model's ``WeightsStatus`` (None: checked here for the tokenizer and text encoder).
+        local_only: read the hub cache only (everything was found there).
+    """
     embeds_file = Path(source) / PROMPT_EMBEDS_FILE
     if embeds_file.is_file():
         saved = torch.load(embeds_file, map_location="cpu", weights_only=True)
@@ -213,10 +230,16 @@ def encode_prompts(source: str, prompt: str, negative_prompt: str = "") -> tuple
     except ImportError as err:
         raise DiffusionLoadError(
             f"embedding the prompt for {source!r} needs the 'transformers' package (pip install transformers), "
-            f"or a {PROMPT_EMBEDS_FILE} file (dict cond/uncond) in the local model folder"
+            f"or set {DIFFUSION_SETTING} to a local model folder with a {PROMPT_EMBEDS_FILE} file "
+            "(dict cond/uncond)"
         ) from err
-    tokenizer = _from_pretrained(CLIPTokenizer, source, "tokenizer", "tokenizer")
-    text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", "text encoder").eval()
+    if status is None:
+        status = diffusers_status(source, ["tokenizer", "text encoder"], part_name("text encoder", source),
+                                  DIFFUSION_SETTING)
+        local_only = resolve_weights(status, DiffusionLoadError) is not None
+    tokenizer = _from_pretrained(CLIPTokenizer, source, "tokenizer", "tokenizer", status, local_only)
+    text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", "text encoder", status, local_only)
+    text_encoder.eval()
     with torch.no_grad():
         embeds = []
         for text in (prompt, negative_prompt):
@@ -225,6 +248,17 @@ def encode_prompts(source: str, prompt: str, negative_prompt: str = "") -> tuple
             )
             embeds.append(text_encoder(tokens.input_ids)[0].float())
     return embeds[0], embeds[1]
+
+
+def diffusion_components(source: str, use_vae: bool = True) -> list[str]:
+    """The ``DIFFUSERS_COMPONENTS`` that ``load_diffusion(source, use_vae=...)`` reads.
+
+    Args:
+        source: a local diffusers folder or a hub id.
+        use_vae: whether the VAE is loaded.
+    """
+    needs_text = not (Path(source) / PROMPT_EMBEDS_FILE).is_file()
+    return ["UNet"] + (["VAE"] if use_vae else []) + (["tokenizer", "text encoder"] if needs_text else [])
 
 
 def load_diffusion(
@@ -236,14 +270,24 @@ def load_diffusion(
     tiny_vae: bool = False,
     unet_width: int = 32,
 ) -> DiffusionParts:
-    """Load or build the UNet, latent codec, prompt embeddings and noise schedule (see module doc)."""
+    """Load or build the UNet, latent codec, prompt embeddings and noise schedule (see module doc).
+
+    A hub id is read from the local hub cache when every component is there (no network), else
+    downloaded when the hub can be reached; otherwise ``DiffusionLoadError`` (a
+    ``WeightsUnavailableError``) says at once what is missing and which setting gives a local folder.
+    """
     if source in ("tiny", "sd-v1-random"):
         return build_random(source, image_size=image_size, tiny_vae=tiny_vae, unet_width=unet_width)
+    _check_source(source)
+    status = diffusers_status(source, diffusion_components(source, use_vae),
+                              part_name("diffusion model", source), DIFFUSION_SETTING)
+    local_only = resolve_weights(status, DiffusionLoadError) is not None
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    unet = _from_pretrained(UNet2DConditionModel, source, "unet", "UNet")
-    codec: nn.Module = VAECodec(_from_pretrained(AutoencoderKL, source, "vae", "VAE")) if use_vae else IdentityCodec()
-    cond, uncond = encode_prompts(source, prompt, negative_prompt)
+    unet = _from_pretrained(UNet2DConditionModel, source, "unet", "UNet", status, local_only)
+    codec: nn.Module = (VAECodec(_from_pretrained(AutoencoderKL, source, "vae", "VAE", status, local_only))
+                        if use_vae else IdentityCodec())
+    cond, uncond = encode_prompts(source, prompt, negative_prompt, status, local_only)
     alphas_cumprod = scaled_linear_alphas_cumprod()
     scheduler_file = Path(source) / "scheduler" / "scheduler_config.json"
     if scheduler_file.is_file():

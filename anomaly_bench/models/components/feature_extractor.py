@@ -14,7 +14,6 @@ small random CNN (fixed seed, no download, milliseconds on CPU) for tests and de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,21 +65,28 @@ class _TinyBackbone(nn.Module):
 def _build_timm(backbone: str, layers: Sequence[int], pretrained: bool, weights_path: str | None) -> nn.Module:
     import timm
 
+    from anomaly_bench.models.components.weights import part_name, resolve_weights, timm_status
+
     kwargs: dict = {"features_only": True, "out_indices": tuple(layers)}
-    if weights_path is not None:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"weights_path {str(path)!r} for backbone {backbone!r} does not exist; expected a timm "
-                "state-dict file (.pth/.bin/.safetensors) of the full classification model"
-            )
-        # timm's own local-file route: it filters the classifier and adapts keys for features_only.
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    status = None
+    if pretrained or weights_path is not None:
+        # local file, then the caches, then the hub only if reachable: never wait for timeouts offline
+        status = timm_status(backbone, weights_path, part_name("backbone", backbone),
+                             "model.init_args.weights_path")
+        local = resolve_weights(status)
+        if local is not None:
+            # timm's own local-file route: it filters the classifier and adapts keys for features_only.
+            kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
         pretrained = True
     try:
         return timm.create_model(backbone, pretrained=pretrained, **kwargs)
     except RuntimeError as err:  # unknown model name / bad state dict
         raise RuntimeError(f"could not build timm backbone {backbone!r} (layers={tuple(layers)}): {err}") from err
+    except Exception as err:  # the download itself failed (hub error, connection lost)
+        if status is None or status.available:
+            raise
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise status.error(f"the download failed: {type(err).__name__}: {first_line}") from err
 
 
 class TimmFeatureExtractor(nn.Module):

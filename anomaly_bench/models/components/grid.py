@@ -19,6 +19,8 @@ conventions, which the official code fixes and the papers do not spell out:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -206,6 +208,22 @@ class LocalGlobalGrid(nn.Module):
     order: global first). Either branch can be switched off (paper ablation); ``out_channels`` is
     C times the number of active branches. ``last_coords`` keeps the latest (local, global)
     coordinates for inspection/visualisation.
+
+    Args:
+        channels: feature channels C of the map the grids reconstruct.
+        height: feature-map height H (the global grid stores whole maps, so it is fixed).
+        width: feature-map width W.
+        use_local: keep the local grid (per-pixel coordinates); False = the paper's global-only ablation.
+        use_global: keep the global grid (one coordinate per image); False = local-only ablation.
+        local_resolution: lattice points per axis of the local grid (CRAD 8).
+        global_resolution: lattice points per axis of the global grid (CRAD 4).
+        local_dim: dimension of the local coordinate space (2 in the paper).
+        global_dim: dimension of the global coordinate space (2 in the paper).
+        use_jitter: add Gaussian noise to the local coordinates in training (paper Sec. 3.2).
+        jitter_std: standard deviation of that noise (official 0.05).
+        jitter_p: probability the noise is applied (official 0.5).
+        jitter_mode: ``iteration`` (official code: all pixels on a fraction ``jitter_p`` of the
+            forward calls) or ``pixel`` (paper text: a fraction ``jitter_p`` of the pixels).
     """
 
     def __init__(
@@ -219,11 +237,14 @@ class LocalGlobalGrid(nn.Module):
         global_resolution: int = 4,
         local_dim: int = 2,
         global_dim: int = 2,
+        use_jitter: bool = True,
         jitter_std: float = 0.05,
         jitter_p: float = 0.5,
-        jitter_mode: str = "iteration",
+        jitter_mode: Literal["iteration", "pixel"] = "iteration",
     ) -> None:
         super().__init__()
+        if not use_jitter:
+            jitter_std, jitter_p = 0.0, 0.0
         if not (use_local or use_global):
             raise ValueError("LocalGlobalGrid needs at least one of use_local / use_global")
         self.channels, self.height, self.width = channels, height, width

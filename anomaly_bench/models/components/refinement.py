@@ -19,6 +19,8 @@ further 32x32 box filter without padding. Kernel sizes are for 224 px and scale 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -88,32 +90,41 @@ def box_pooled_max(score_map: Tensor, kernel: int) -> Tensor:
     return pooled.flatten(1).amax(dim=1)
 
 
-def official_scores(
+DistanceImageScore = Literal["blur_pool_max", "max", "pool_max"]
+DISTANCE_IMAGE_SCORES = ("blur_pool_max", "max", "pool_max")
+
+
+def distance_map_and_score(
     distance: Tensor,
     image_size: tuple[int, int],
     blur_kernel: int | None = None,
     pool_kernel: int | None = None,
-    blur_pixel_map: bool = True,
-    image_score: str = "official",
+    blur_anomaly_map: bool = True,
+    image_score: DistanceImageScore = "blur_pool_max",
 ) -> tuple[Tensor, Tensor]:
     """From the feature-resolution distance [B, h, w] to (anomaly_map [B, H, W], pred_score [B]).
 
-    blur_kernel / pool_kernel: None = the official 21 / 32 scaled by min(H, W) / 224.
-    blur_pixel_map: return the box-blurred map as the pixel map (official) instead of the plain one.
-    image_score: "official" (max after blur then pool), "max" (plain max of the upsampled map) or
-        "mean_max" (max after only the pool filter; the paper's "max of the average-pooled d").
+    Args:
+        distance: ``||x - x_hat||`` per feature position, [B, h, w].
+        image_size: (H, W) of the input images; the map is upsampled to it.
+        blur_kernel: box-blur width of the pixel map; None = the official 21 scaled by min(H, W) / 224.
+        pool_kernel: box-pool width before the image max; None = the official 32, scaled likewise.
+        blur_anomaly_map: return the box-blurred map as the pixel map (official) instead of the plain one.
+        image_score: ``blur_pool_max`` (official CRAD/GRAD evaluation: max after the blur and then
+            the pool), ``max`` (plain max of the upsampled map) or ``pool_max`` (max after the pool
+            only: the paper's "max of the average-pooled d").
     """
+    if image_score not in DISTANCE_IMAGE_SCORES:
+        raise ValueError(f"image_score must be one of {DISTANCE_IMAGE_SCORES}, got {image_score!r}")
     size = min(image_size)
     blur_k = blur_kernel if blur_kernel is not None else scaled_kernel(OFFICIAL_BLUR_KERNEL_224, size, odd=True)
     pool_k = pool_kernel if pool_kernel is not None else scaled_kernel(OFFICIAL_POOL_KERNEL_224, size)
     up = upsample_map(distance.float(), image_size)
     blurred = box_blur(up, blur_k)
-    if image_score == "official":
+    if image_score == "blur_pool_max":
         score = box_pooled_max(blurred, pool_k)
     elif image_score == "max":
         score = up.flatten(1).amax(dim=1)
-    elif image_score == "mean_max":
-        score = box_pooled_max(up, pool_k)
     else:
-        raise ValueError(f"image_score must be 'official', 'max' or 'mean_max', got {image_score!r}")
-    return (blurred if blur_pixel_map else up), score
+        score = box_pooled_max(up, pool_k)
+    return (blurred if blur_anomaly_map else up), score

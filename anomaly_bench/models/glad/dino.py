@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from torch import Tensor, nn
+
+from anomaly_bench.models.components.weights import (
+    WeightsUnavailableError, part_name, resolve_weights, timm_status,
+)
 
 DINO_VITB8 = "vit_base_patch8_224.dino"
 
 
-class DinoLoadError(RuntimeError):
+class DinoLoadError(WeightsUnavailableError):
     """The DINO weights could not be loaded (offline, wrong file)."""
 
 
@@ -34,19 +37,17 @@ def build_vit(
     kwargs: dict = dict(num_classes=0, dynamic_img_size=True)
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise DinoLoadError(f"dino_weights file not found: {weights}")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+    # local file, then the caches, then the hub only if reachable: never wait for timeouts offline
+    status = timm_status(name, weights, part_name("DINO", name), "model.init_args.dino_weights")
+    local = resolve_weights(status, DinoLoadError)
+    if local is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(local))
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as err:  # offline hub, unknown name, bad file
-        raise DinoLoadError(
-            f"could not create pretrained timm model {name!r}"
-            + (f" from {weights!r}" if weights else "")
-            + f": {type(err).__name__}: {err}\nWithout network access, download the DINO ViT-B/8 weights "
-            "elsewhere and pass their local file as dino_weights, or use dino: tiny (random init)."
-        ) from err
+    except Exception as err:  # hub failure, unknown name, bad file
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise status.error(f"creating timm model {name!r} failed: {type(err).__name__}: {first_line}",
+                           DinoLoadError) from err
 
 
 class DinoFeatures(nn.Module):

@@ -1,6 +1,6 @@
 """Bi-grid GRAD as a pure ``nn.Module`` (paper: "GRAD: Bi-Grid Reconstruction for Image Anomaly Detection").
 
-Data flow (methods.md §2.2; shapes for the EfficientNet-B6 default at 256 px, C = 272, h = w = 32)::
+Data flow (shapes for the EfficientNet-B6 default at 256 px, C = 272, h = w = 32)::
 
     images ─► frozen backbone ─► x [B, C, h, w]
     x ─► one shared coordinate mapper ─► local coords [B, 2, h, w] (jittered in training), global [B, 2]
@@ -9,6 +9,7 @@ Data flow (methods.md §2.2; shapes for the EfficientNet-B6 default at 256 px, C
                                                ─► BasicBlocks ─► 1x1 ─► f_a   (f_a[:, 0] = "similarity" d)
     fused = f_n + w·f_a   (learned w, init -0.2; official)   or  λ·f_n + (1-λ)·f_a  (paper, fixed λ)
     x̂ = S·x + (1-S)·fused  (CRAD refinement)   ─► distance ||x - x̂||₂ per position
+    map, score = distance_map_and_score(distance)   (upsample, box blur, box pool, max)
 
 Grid sampling, coordinate nets, jitter, blocks, refinement and the feature extractor are the shared
 components CRAD uses (``anomaly_bench.models.components``); this module only wires them up.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +33,16 @@ from anomaly_bench.models.components.grid import (
     LocalCoordinateNet,
     LocalGrid,
 )
-from anomaly_bench.models.components.refinement import feature_distance, refine_features
+from anomaly_bench.models.components.refinement import (
+    DistanceImageScore,
+    distance_map_and_score,
+    feature_distance,
+    refine_features,
+)
+from anomaly_bench.types import AnomalyOutput, as_height_width
 
 FUSION_MODES = ("learned", "convex")
+FusionMode = Literal["learned", "convex"]
 
 
 class SharedCoordinateMapper(nn.Module):
@@ -101,7 +110,7 @@ class GridBranch(nn.Module):
 
 
 @dataclass
-class Reconstruction:
+class BiGridReconstruction:
     """Everything the normal-stage loss and the scorer need, at feature resolution."""
 
     features: Tensor  # x [B, C, h, w]
@@ -113,23 +122,42 @@ class Reconstruction:
 
 
 class BiGridGRADModel(nn.Module):
-    """Frozen features + shared coordinate mapper + normal and abnormal grid branches.
+    """Bi-grid GRAD: frozen features, a shared coordinate mapper, normal and abnormal grid branches,
+    fusion, refinement, and the distance map and image score (``model(images) -> AnomalyOutput``).
 
     Args:
-        backbone / layers / pretrained / weights_path: see ``TimmFeatureExtractor``. The default is
-            timm's ``tf_efficientnet_b6.aa_in1k`` (the TF ImageNet weights lukemelas' package
-            ships), stages 2 and 3 = 72 ch @ stride 8 + 200 ch @ stride 16 -> C = 272.
-        image_size: input size (int or (H, W)); fixes the feature size and hence the global grids' shape.
-        local_resolution / global_resolution: R_l, R_g (GoodsAD headline: 32 and 4).
-        fusion_blocks: basic residual blocks per branch (official 9).
-        use_abnormal_grid: False = the paper's "N-grid only" ablation (plain CRAD-like model
-            with basic blocks).
-        fusion_mode: ``"learned"`` (official: f_n + w·f_a, w learnable) or ``"convex"`` (paper
-            Eq. 2: λ·f_n + (1-λ)·f_a with fixed ``fusion_lambda``).
-        fusion_weight_init: initial w (official -0.2).
-        use_refinement / refine_*: CRAD's feature refinement (0.3, 0.7, k = 10).
-        init_std: N(0, init_std) re-initialisation of every conv / linear outside the backbone
-            and the grids (what the UniAD-based official code base does without an initializer).
+        backbone: timm model name of the frozen feature extractor; the default
+            ``tf_efficientnet_b6.aa_in1k`` carries the TF ImageNet weights lukemelas' package
+            ships (the paper's backbone); ``tiny`` is a small random CNN for tests.
+        layers: backbone stage indices (timm ``out_indices``), aligned and concatenated
+            (EfficientNet-B6 2+3: 72 ch at stride 8 + 200 ch at stride 16 -> 272 channels).
+        pretrained: load the weights timm associates with ``backbone`` (False = random features).
+        weights_path: a local state-dict file of the full timm backbone (works offline).
+        image_size: input size in pixels, int or [height, width]; fixes the feature size and so
+            the global grids' shape. Set from ``data.init_args.image_size`` by the CLI.
+        local_resolution: lattice points per axis of both local grids, R_l (GoodsAD headline 32).
+        global_resolution: lattice points per axis of both global grids, R_g (GoodsAD headline 4).
+        fusion_blocks: basic residual blocks in each branch's fusion stack (official 9).
+        use_abnormal_grid: keep the abnormal grid pair; False = the paper's "N-grid only" ablation
+            (a CRAD-like model with basic blocks).
+        fusion_mode: how the branches combine: ``learned`` (official code: f_n + w·f_a with a
+            learnable w) or ``convex`` (paper Eq. 2: λ·f_n + (1-λ)·f_a with a fixed λ).
+        fusion_weight_init: initial value of the learnable w of ``learned`` fusion (official -0.2).
+        fusion_lambda: the fixed λ of ``convex`` fusion, in [0, 1].
+        jitter_std: standard deviation of the Gaussian noise on local coordinates in training (0.05).
+        jitter_p: probability the coordinate noise is applied (official 0.5).
+        jitter_mode: ``iteration`` (official: all pixels on a fraction of the calls) or ``pixel``.
+        use_refinement: CRAD's feature refinement of the fused reconstruction (Eq. 5-6 of CRAD).
+        refine_mse_weight: weight of the 1[mse <= threshold] term of the refinement similarity (0.3).
+        refine_cos_weight: weight of the cosine term of the refinement similarity (0.7).
+        refine_mse_threshold: per-position mean squared difference k of the refinement (10).
+        init_std: N(0, init_std) re-initialisation of every conv / linear outside the backbone and
+            the grids (what the UniAD-based official code base does without an initializer).
+        blur_anomaly_map: return the box-blurred distance map as the anomaly map (official).
+        image_score: rule from the map to the image score: ``blur_pool_max`` (official), ``max``
+            or ``pool_max`` (see ``components.refinement.distance_map_and_score``).
+        blur_kernel: box-blur width in pixels; None = the official 21 px at 224 px, scaled.
+        pool_kernel: box-pool width in pixels; None = the official 32 px at 224 px, scaled.
     """
 
     def __init__(
@@ -143,17 +171,21 @@ class BiGridGRADModel(nn.Module):
         global_resolution: int = 4,
         fusion_blocks: int = 9,
         use_abnormal_grid: bool = True,
-        fusion_mode: str = "learned",
+        fusion_mode: FusionMode = "learned",
         fusion_weight_init: float = -0.2,
         fusion_lambda: float = 0.8,
         jitter_std: float = 0.05,
         jitter_p: float = 0.5,
-        jitter_mode: str = "iteration",
+        jitter_mode: Literal["iteration", "pixel"] = "iteration",
         use_refinement: bool = True,
         refine_mse_weight: float = 0.3,
         refine_cos_weight: float = 0.7,
         refine_mse_threshold: float = 10.0,
         init_std: float = 0.01,
+        blur_anomaly_map: bool = True,
+        image_score: DistanceImageScore = "blur_pool_max",
+        blur_kernel: int | None = None,
+        pool_kernel: int | None = None,
     ) -> None:
         super().__init__()
         if fusion_mode not in FUSION_MODES:
@@ -161,10 +193,7 @@ class BiGridGRADModel(nn.Module):
         for name, value in (("local_resolution", local_resolution), ("global_resolution", global_resolution)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.image_size = tuple(int(v) for v in size)
-        if len(self.image_size) != 2:
-            raise ValueError(f"image_size must be an int or (height, width), got {image_size}")
+        self.image_size = as_height_width(image_size)
         self.feature_extractor = TimmFeatureExtractor(backbone, layers, pretrained, weights_path)
         channels = self.feature_extractor.out_channels
         height, width = self.feature_extractor.feature_size(self.image_size)
@@ -190,6 +219,9 @@ class BiGridGRADModel(nn.Module):
         self.use_refinement = use_refinement
         self.refine_args = (refine_mse_weight, refine_cos_weight, refine_mse_threshold)
         self._reinitialise(init_std)
+        self.scoring = dict(blur_kernel=blur_kernel, pool_kernel=pool_kernel, blur_anomaly_map=blur_anomaly_map,
+                            image_score=image_score)
+        distance_map_and_score(torch.zeros(1, 1, 1), (1, 1), **self.scoring)  # fail now on a bad rule
 
     # ------------------------------------------------------------------------------ structure
     @property
@@ -220,14 +252,14 @@ class BiGridGRADModel(nn.Module):
         return params
 
     # ------------------------------------------------------------------------------- forward
-    def extract(self, images: Tensor) -> Tensor:
+    def extract_features(self, images: Tensor) -> Tensor:
         """Frozen features x [B, C, h, w]; checks the size the global grids were built for."""
         features = self.feature_extractor(images)
         if tuple(features.shape[1:]) != self.feature_shape:
             raise ValueError(
                 f"BiGridGRAD was built for image_size={self.image_size} (features {self.feature_shape}) but "
-                f"got images {tuple(images.shape[-2:])} -> features {tuple(features.shape[1:])}; set the "
-                "model's image_size to the datamodule's image_size"
+                f"got images {tuple(images.shape[-2:])} -> features {tuple(features.shape[1:])}; the model's "
+                "image_size must equal data.init_args.image_size"
             )
         return features
 
@@ -245,7 +277,7 @@ class BiGridGRADModel(nn.Module):
             return normal + self.fusion_weight * abnormal
         return self.fusion_lambda * normal + (1.0 - self.fusion_lambda) * abnormal
 
-    def reconstruct(self, features: Tensor) -> Reconstruction:
+    def reconstruct(self, features: Tensor) -> BiGridReconstruction:
         """Both branches from the same coordinates, fusion and refinement."""
         local_coords, global_coords = self.mapper(features)
         normal = self.normal(local_coords, global_coords)
@@ -255,9 +287,13 @@ class BiGridGRADModel(nn.Module):
             refined, similarity = refine_features(features, fused, *self.refine_args)
         else:
             refined, similarity = fused, None
-        return Reconstruction(features, normal, abnormal, fused, refined, similarity)
+        return BiGridReconstruction(features, normal, abnormal, fused, refined, similarity)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def distance(self, images: Tensor) -> Tensor:
         """Anomaly distance at feature resolution, [B, h, w] (larger = more anomalous)."""
-        features = self.extract(images)
+        features = self.extract_features(images)
         return feature_distance(features, self.reconstruct(features).refined)
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        anomaly_map, score = distance_map_and_score(self.distance(images), tuple(images.shape[-2:]), **self.scoring)
+        return AnomalyOutput(anomaly_map=anomaly_map, pred_score=score)
