@@ -23,6 +23,7 @@ _OTHERS = {
     "AnomalyOutput": "anomaly_bench.types",
     "Batch": "anomaly_bench.types",
     "Sample": "anomaly_bench.types",
+    "Prediction": "anomaly_bench.types",
     "Evaluator": "anomaly_bench.metrics.evaluator",
     "Visualizer": "anomaly_bench.callbacks.visualizer",
 }

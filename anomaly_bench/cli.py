@@ -311,7 +311,7 @@ class AnomalyBenchCLI(LightningCLI):
         upgraded = {"hyper_parameters": dict(payload.get("hyper_parameters") or {}),
                     "state_dict": dict(payload.get("state_dict_shapes") or {})}
         compat.upgrade_checkpoint(upgraded, type(self.model))
-        differences = _differences(upgraded["hyper_parameters"], dict(self.model.hparams))
+        differences = _differences(upgraded["hyper_parameters"], self._configured_model_options())
         if not differences:
             return
         listing = ", ".join(f"model.init_args.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differences.items())
@@ -325,6 +325,13 @@ class AnomalyBenchCLI(LightningCLI):
                 f"e.g. {conflicts[0]}): {listing}; use the options it was trained with (its run's config.yaml)"
             )
         _print(f"note: the config's values are used over the checkpoint's ({listing})")
+
+    def _configured_model_options(self) -> dict[str, Any]:
+        """The model's init args as the config and command line resolved them."""
+        init_args = self.config[self.subcommand].model.get("init_args") if self.subcommand else None
+        if init_args is None:
+            return dict(self.model.hparams)
+        return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
 
     # ------------------------------------------------------------------------ running
     def _run_subcommand(self, subcommand: str) -> None:

@@ -22,6 +22,7 @@ This module knows files and folders only (no Lightning, no torch): the CLI and t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -51,8 +52,9 @@ class RunDirError(FileNotFoundError):
 def category_tag(category: Any) -> str:
     """A folder-safe name for the category selection (``all``, ``bottle``, ``bottle+cable``).
 
-    Names are NFC-normalised first, and any character outside ``[A-Za-z0-9_.+-]`` becomes
-    ``_`` followed by its code point, so two different names never share a folder.
+    Names are NFC-normalised first (one name typed two ways is one name). A name of plain characters
+    (``[A-Za-z0-9_.+-]``, not starting with a dot) is kept; any other is made folder-safe and gets a
+    short hash of the original, so two different names never share a folder.
     """
     if category is None:
         return "default"
@@ -62,7 +64,12 @@ def category_tag(category: Any) -> str:
     else:
         tag = str(category)
     tag = unicodedata.normalize("NFC", tag)
-    return re.sub(r"[^A-Za-z0-9_.+-]", lambda m: f"_{ord(m.group()):x}", tag) or "default"
+    if re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", tag):
+        return tag  # plain names stay as they are (metal_nut, bottle+cable)
+    # anything else (unicode, '/', a leading dot) becomes '_' plus a hash of the whole name: two
+    # different names never share a folder, and no name can step out of its parent
+    digest = hashlib.sha1(tag.encode("utf-8")).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_+-]', '_', tag)}-{digest}"
 
 
 def experiment_dir(root: str | Path, model_name: str, data_name: str, category: Any) -> Path:

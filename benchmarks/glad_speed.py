@@ -18,8 +18,7 @@ import time
 
 import torch
 
-from anomaly_bench.models.components.diffusion import build_random
-from anomaly_bench.models.glad.dino import DINO_VITB8, DinoFeatures, build_vit
+from anomaly_bench.models.glad.dino import DINO_VITB8
 from anomaly_bench.models.glad.torch_model import GLADModel
 
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -27,13 +26,12 @@ AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def build(preset: str, image_size: int, steps: int) -> GLADModel:
     if preset == "tiny":
-        parts = build_random("tiny", image_size=image_size, unet_width=16)
-        dino = DinoFeatures(build_vit("tiny", tiny_image_size=image_size))
-        return GLADModel(parts, dino, guidance_scale=1.0, num_inference_steps=steps, score_layers=(1, 2, 3, 4),
-                         ads_layer=4, ads_top_k=3, score_top_k=16, dino_resolution=image_size, blur_sigma=1.0)
-    parts = build_random("sd-v1-random")
-    dino = DinoFeatures(build_vit(DINO_VITB8, pretrained=False))
-    return GLADModel(parts, dino, guidance_scale=9.0, num_inference_steps=steps, dino_resolution=image_size)
+        return GLADModel(diffusion="tiny", tiny_image_size=image_size, unet_width=16, dino="tiny",
+                         dino_pretrained=False, guidance_scale=1.0, num_inference_steps=steps,
+                         score_layers=(1, 2, 3, 4), ads_layer=4, ads_top_k=3, score_top_k=16,
+                         dino_resolution=image_size, blur_sigma=1.0)
+    return GLADModel(diffusion="sd-v1-random", dino=DINO_VITB8, dino_pretrained=False, guidance_scale=9.0,
+                     num_inference_steps=steps, dino_resolution=image_size)
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -36,8 +36,9 @@ def latest(results: Path) -> Path:
     return (results / "TinyModel" / "MVTecAD" / "all" / "latest").resolve()
 
 
-def run_cli_subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+def run_cli_subprocess(args: list[str], timeout: int = 300,
+                       env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "anomaly_bench.cli", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -90,3 +90,15 @@ def test_conflicting_old_and_new_names_are_refused() -> None:
 
     with pytest.raises(compat.ConfigUpgradeError, match="blur_anomaly_map"):
         compat.upgrade_init_args(CRAD, {"anomaly_map_blur": True, "blur_anomaly_map": False})
+
+
+@pytest.mark.parametrize("name", METHODS + ["glad"])
+def test_load_from_checkpoint_upgrades_old_option_names_before_building(name: str) -> None:
+    """Lightning builds the class from the stored hyper-parameters: the 0.1 names must be upgraded first."""
+    checkpoint = torch.load(LEGACY / f"{name}.ckpt", map_location="cpu", weights_only=True)
+    model = _class(checkpoint["anomaly_bench"]["model_class"]).load_from_checkpoint(LEGACY / f"{name}.ckpt")
+    expected = np.load(LEGACY / "expected_outputs.npz")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(expected[f"{name}_images"]))
+    np.testing.assert_allclose(out.pred_score.numpy(), expected[f"{name}_score"], rtol=1e-5, atol=1e-6)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomaly_bench.callbacks.checkpoint import BestAndLastCheckpoint
-from anomaly_bench.callbacks.progress import LossProgressBar
+from anomaly_bench.callbacks.progress import readable_progress_bar
 from anomaly_bench.callbacks.rundir import RunDirectory
 from anomaly_bench.callbacks.scores import ScoreWriter
 from anomaly_bench.callbacks.seeding import EpochSeed
@@ -68,6 +68,7 @@ def default_callbacks(trainer: Trainer | None, module: LightningModule) -> list[
     if checkpointing and not user_checkpoint:
         callbacks.append(BestAndLastCheckpoint())
     # only where Lightning put its own default bar (never when the user disabled or chose one)
-    if any(type(cb) is TQDMProgressBar for cb in present):
-        callbacks.append(LossProgressBar())
+    bar = readable_progress_bar(present)
+    if bar is not None:
+        callbacks.append(bar)
     return callbacks

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
 def progress_items(metrics: dict[str, Any]) -> dict[str, str]:
@@ -28,7 +28,23 @@ def progress_items(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 class LossProgressBar(TQDMProgressBar):
-    """The default progress bar of anomaly_bench runs (see the module docstring)."""
+    """The default progress bar of anomaly_bench runs where Lightning would use tqdm (see the module docstring)."""
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         return progress_items(dict(trainer.progress_bar_metrics))
+
+
+class LossRichProgressBar(RichProgressBar):
+    """The same where Lightning would use rich (its default when rich is installed)."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        return progress_items(dict(trainer.progress_bar_metrics))
+
+
+def readable_progress_bar(present: list[Any]) -> Any | None:
+    """The replacement for Lightning's own default bar among ``present`` (None when the user chose one)."""
+    if any(type(cb) is RichProgressBar for cb in present):
+        return LossRichProgressBar()
+    if any(type(cb) is TQDMProgressBar for cb in present):
+        return LossProgressBar()
+    return None

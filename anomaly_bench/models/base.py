@@ -139,6 +139,23 @@ class AnomalyModule(LightningModule):
         self.thresholds = dict(stored.get("thresholds") or {}) or None
         self.normal_scores = dict(stored.get("normal_scores") or {}) or None
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, for checkpoints of any version: renamed options are
+        upgraded *before* the class is built from the stored hyper-parameters (``compat``)."""
+        import io
+
+        from anomaly_bench.compat import upgrade_checkpoint
+
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        upgrade_checkpoint(checkpoint, cls)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(buffer, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
+
     # --------------------------------------------------------------------------------- helpers
     @staticmethod
     def param_groups(named: dict[str, list[torch.nn.Parameter]], lrs: dict[str, float]) -> list[dict[str, Any]]:

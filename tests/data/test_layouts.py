@@ -126,7 +126,7 @@ def test_loco_channels_saturation_and_validation_split(synth_root):
 
     root = synth_root("loco")
     dm = MVTecLOCO(root=root, image_size=(32, 40), batch_size=64, num_workers=0)
-    assert dm.validation == "validation"
+    assert dm.validation is None and dm.resolved_validation == "validation"  # the dataset's own split
     dm.setup("fit")
     dm.setup("test")
     assert dm.categories == ["cables", "pins"]

@@ -23,19 +23,22 @@ from anomaly_bench.types import LABEL_NORMAL, AnomalyOutput, Batch
 
 
 class TinyModel(AnomalyModule):
-    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000) -> None:
+    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000,
+                 hidden: int = 8) -> None:
         """
         Args:
             mode: ``memory`` (nearest-neighbour bank of 3x3 pixel patches) or ``learned`` (a conv denoiser).
             lr: SGD learning rate of the ``learned`` denoiser.
             noise: standard deviation of the noise the ``learned`` denoiser removes in training.
             bank_size: most patches kept in the ``memory`` bank.
+            hidden: channels of the ``learned`` denoiser's hidden layer (changes the weights' shapes).
         """
         super().__init__()
+        self.save_hyperparameters()
         if mode not in ("memory", "learned"):
             raise ValueError(f"TinyModel.mode must be 'memory' or 'learned', got {mode!r}")
         self.mode, self.lr, self.noise, self.bank_size = mode, lr, noise, bank_size
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+        self.net = nn.Sequential(nn.Conv2d(3, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, 3, 3, padding=1))
         self.register_buffer("bank", torch.empty(0, 27))
         self.automatic_optimization = mode == "learned"
         self._epoch_patches: list[Tensor] = []
@@ -94,3 +97,14 @@ class KillAtEpoch(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch == self.epoch:
             os._exit(3)
+
+
+class FailAtEpoch(Callback):
+    """Simulate a fit that fails before its first checkpoint: raise when ``epoch`` starts."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"FailAtEpoch: simulated failure at epoch {self.epoch}")

@@ -1,17 +1,21 @@
-"""GLAD end to end on tiny random-init parts: CFG, loading paths, τ calibration, fit + scoring."""
+"""GLAD end to end on tiny random-init parts: CFG, loading paths, τ calibration, fit + scoring, and the
+official behaviours the torch model must keep (frozen ADS DINO, raw reconstruction, saved per-category state)."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import torch
 
+import anomaly_bench
 from anomaly_bench.models.components.diffusion import (
     DiffusionLoadError, build_random, load_diffusion, save_diffusion,
 )
-from anomaly_bench.models.glad import GLAD
+from anomaly_bench.models.glad import GLAD, GLADModel
 from anomaly_bench.models.glad.dino import DinoLoadError, build_vit
+from anomaly_bench.models.glad.scoring import gaussian_blur, imagenet_normalize, pixel_l1_term
 from anomaly_bench.types import Batch
 
 
@@ -28,10 +32,12 @@ def tiny_glad(size: int = 16, **overrides) -> GLAD:
     kwargs = dict(
         diffusion="tiny", dino="tiny", tiny_image_size=size, unet_width=16, dino_resolution=size,
         score_layers=(1, 2, 3, 4), ads_layer=4, guidance_scale=1.0, num_inference_steps=4, t_start=400,
-        t_min=150, blur_sigma=1.0, score_top_k=10, lr=2e-3, calibration_images=8, evaluator=False, visualizer=False,
+        t_min=150, blur_sigma=1.0, score_top_k=10, lr=2e-3, calibration_images=8,
     )
     kwargs.update(overrides)
-    return GLAD(**kwargs)
+    module = GLAD(**kwargs)
+    module.configure_callbacks = lambda: []  # a bare model: no run folders, metrics or pictures
+    return module
 
 
 def make_batch(images: torch.Tensor, labels: torch.Tensor, category: str = "toy", prefix: str = "img") -> Batch:
@@ -102,14 +108,15 @@ def test_bad_configuration_names_the_key():
 
 def test_category_table_overrides_defaults_and_groups_by_t_start():
     module = tiny_glad(tau_mode="table", category_params={"a": {"t_start": 200, "tau": 0.1}, "b": {"t_min": 300}})
-    assert module.params_for("a")["t_start"] == 200 and module.params_for("a")["tau"] == 0.1
-    assert module.params_for("b")["t_start"] == 400 and module.params_for("b")["t_min"] == 300
+    model = module.model
+    assert model.params_for("a")["t_start"] == 200 and model.params_for("a")["tau"] == 0.1
+    assert model.params_for("b")["t_start"] == 400 and model.params_for("b")["t_min"] == 300
     images = torch.rand(4, 3, 16, 16) * 2 - 1
     batch = make_batch(images, torch.zeros(4, dtype=torch.long))
     batch.category = ["a", "b", "a", "b"]
     out = module.eval().score_batch(batch)
     assert out.pred_score.shape == (4,)
-    stops = module.last_stop_steps.tolist()  # a: steps 151,101,51,1 ; b: 301,201,101,1
+    stops = model.last_stop_steps.tolist()  # a: steps 151,101,51,1 ; b: 301,201,101,1
     assert stops[0] in (151, 101, 51, 1) and stops[1] in (301, 201, 101, 1)
 
 
@@ -120,12 +127,13 @@ def test_calibrated_tau_is_never_exceeded_by_its_own_normals_and_survives_checkp
     tau = module.calibrate_tau({"toy": normals})["toy"]
     assert tau > 0
     module.score_batch(make_batch(normals, torch.zeros(4, dtype=torch.long)))
-    assert module.last_stop_steps.tolist() == [101] * 4  # all re-anchored at the first t < t_min
-    checkpoint: dict = {}
+    assert module.model.last_stop_steps.tolist() == [101] * 4  # all re-anchored at the first t < t_min
+    checkpoint: dict = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     fresh = tiny_glad()
     fresh.on_load_checkpoint(checkpoint)
-    assert fresh.params_for("toy")["tau"] == tau
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert fresh.model.params_for("toy")["tau"] == tau
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -172,7 +180,7 @@ def test_tiny_fit_then_scoring_is_far_above_chance():
     out = module.score_batch(make_batch(images, labels))
     assert out.anomaly_map.shape == (24, size, size)
     assert _auroc(out.pred_score, labels) > 0.75
-    assert set(module.last_stop_steps.tolist()) <= set(range(600))  # every image stopped searching
+    assert set(module.model.last_stop_steps.tolist()) <= set(range(600))  # every image stopped searching
 
 
 def test_local_dino_weights_file_is_loaded(tmp_path: Path):
@@ -201,3 +209,161 @@ def test_trainer_fit_stopping_mid_epoch_calibrates_tau(tmp_path: Path):
     trainer.fit(module, loader)  # 3 batches per epoch: stops inside the first epoch
     assert trainer.global_step == 2
     assert set(module.calibrated_tau) == {"toy"} and module.calibrated_tau["toy"] > 0
+
+
+# ------------------------------------------------------------------ torch model on its own
+def tiny_model(**overrides) -> GLADModel:
+    kwargs = dict(diffusion="tiny", dino="tiny", tiny_image_size=16, unet_width=16, dino_resolution=16,
+                  score_layers=(1, 2, 3, 4), ads_layer=4, guidance_scale=1.0, num_inference_steps=4, t_start=400,
+                  t_min=150, blur_sigma=1.0, score_top_k=10)
+    kwargs.update(overrides)
+    return GLADModel(**kwargs).eval()
+
+
+def test_torch_model_imports_without_lightning():
+    """Every anomaly_bench module the torch model reaches, followed import by import, avoids Lightning."""
+    root = Path(anomaly_bench.__file__).parent.parent
+    todo, seen, found = ["anomaly_bench.models.glad.torch_model"], set(), set()
+    while todo:
+        name = todo.pop()
+        path = root / (name.replace(".", "/") + ".py")
+        if name in seen or not path.is_file():
+            path = root / name.replace(".", "/") / "__init__.py"
+            if name in seen or not path.is_file():
+                continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            found.update(n.split(".")[0] for n in names)
+            todo.extend(n for n in names if n.startswith("anomaly_bench"))
+    assert "anomaly_bench.models.glad.categories" in seen and "anomaly_bench.models.components.diffusion" in seen
+    assert not found & {"lightning", "pytorch_lightning"}, sorted(seen)
+
+
+def test_ads_dino_is_a_frozen_copy_of_the_original_when_the_scoring_dino_is_finetuned(tmp_path: Path):
+    torch.manual_seed(0)
+    plain = tiny_model()
+    # official: without fine-tuned weights ADS and scoring see the same pretrained DINO
+    assert plain.ads_dino is plain.dino and plain.frozen_ads_dino is None
+    assert not any(k.startswith("frozen_ads_dino.") for k in plain.state_dict())
+    finetuned = {k: v + 0.05 * torch.randn_like(v) for k, v in plain.dino.vit.state_dict().items()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in finetuned.items()}}, tmp_path / "dino_ft.pth")
+
+    torch.manual_seed(0)  # the same random "original" DINO as `plain`
+    model = tiny_model(scoring_dino_weights=str(tmp_path / "dino_ft.pth"))
+    assert model.ads_dino is model.frozen_ads_dino and model.ads_dino is not model.dino
+    for name, value in model.frozen_ads_dino.vit.state_dict().items():
+        assert torch.equal(value, plain.dino.vit.state_dict()[name]), name  # ADS keeps the original
+    for name, value in model.dino.vit.state_dict().items():
+        assert torch.equal(value, finetuned[name]), name  # scoring uses the fine-tuned weights
+    model.train()
+    assert not model.frozen_ads_dino.training and not any(p.requires_grad for p in model.frozen_ads_dino.parameters())
+    model.eval()
+
+    calls: list[tuple[str, list[int]]] = []
+    for role, dino in (("ads", model.frozen_ads_dino), ("scoring", model.dino)):
+        original_forward = dino.forward
+        dino.forward = lambda images, blocks, _f=original_forward, _r=role: calls.append((_r, list(blocks))) or _f(images, blocks)
+    model(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert ("ads", [4]) in calls and ("scoring", [1, 2, 3, 4]) in calls
+    assert {blocks == [4] for role, blocks in calls if role == "ads"} == {True}
+    assert [c for c in calls if c[0] == "scoring"] == [("scoring", [1, 2, 3, 4])]  # scoring DINO never inside ADS
+
+    with pytest.raises(DinoLoadError, match="scoring_dino_weights"):
+        tiny_model(scoring_dino_weights=str(tmp_path / "missing.pth"))
+    torch.save({"blocks.0.norm1.weight": torch.ones(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: does not fit the DINO ViT"):
+        tiny_model(scoring_dino_weights=str(tmp_path / "other.pth"))
+
+
+def test_reconstruction_is_scored_raw_not_clamped():
+    torch.manual_seed(0)
+    model = tiny_model(use_ads=False)
+    codec_decode = model.codec.decode
+    model.codec.decode = lambda latents: 4.0 * codec_decode(latents) + 2.0  # far outside [-1, 1]
+    seen: list[torch.Tensor] = []
+    dino_forward = model.dino.forward
+    model.dino.forward = lambda images, blocks: seen.append(images.detach().clone()) or dino_forward(images, blocks)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    model(images)
+    raw = model.reconstruct(images, 400, torch.zeros(2), torch.zeros(2), use_ads=False,
+                            generator=torch.Generator().manual_seed(model.inference_seed)).images
+    assert float(raw.max()) > 1.5  # the reconstruction itself is not clamped ...
+    assert torch.allclose(seen[0][2:], imagenet_normalize(raw), atol=1e-5)  # ... nor on its way to DINO
+    model.clamp_reconstruction = True  # what version 0.1 did (kept for its checkpoints)
+    clamped = model.reconstruct(images, 400, torch.zeros(2), torch.zeros(2), use_ads=False,
+                                generator=torch.Generator().manual_seed(model.inference_seed)).images
+    assert torch.equal(clamped, raw.clamp(-1, 1))
+
+
+def test_state_dict_restores_what_fit_learned_and_the_config_keeps_the_rest():
+    """The calibrated τ (learned in fit) comes from the saved state; the tables, masks and seed are
+    options, and the configured ones win over a checkpoint's (as everywhere: issue 17)."""
+    torch.manual_seed(0)
+    options = dict(category_params={"a": {"t_start": 200, "tau": 0.1, "pixel_l1_weight": 2.0}, "b": {"t_min": 300}},
+                   bidirectional_categories=["a"], object_masks={"b": "otsu_inverted"}, inference_seed=7)
+    model = tiny_model(**options)
+    model.table.calibrated_tau["b"] = 0.25
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    categories = ["a", "b", "a", "b"]
+    expected = model(images, categories)
+
+    torch.manual_seed(0)
+    same = tiny_model(**options)  # built with the same options, as the CLI does from the config
+    same.load_state_dict(model.state_dict(), strict=True)
+    assert same.params_for("b")["tau"] == 0.25  # learned: restored
+    restored = same(images, categories)
+    assert torch.equal(restored.pred_score, expected.pred_score)
+    assert torch.equal(restored.anomaly_map, expected.anomaly_map)
+
+    torch.manual_seed(0)
+    other = tiny_model(inference_seed=3)  # other options: they win, the calibration is still restored
+    other.load_state_dict(model.state_dict(), strict=True)
+    assert other.params_for("a")["t_start"] == 400 and other.inference_seed == 3
+    assert other.params_for("b")["tau"] == 0.25
+    other.table.use_calibrated_tau = False  # what tau_mode: table sets
+    assert other.params_for("b")["tau"] == 0.4
+
+
+def test_images_without_categories_score_as_the_one_calibrated_category():
+    torch.manual_seed(0)
+    model = tiny_model(category_params={"capsule": {"t_start": 200}})
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    model(images)
+    assert set(model.last_stop_steps.tolist()) <= {301, 201, 101, 1}  # scalar defaults: T_start 400
+    model.table.calibrated_tau["capsule"] = float("inf")  # never triggers: re-anchored below t_min
+    assert torch.equal(model(images).pred_score, model(images, ["capsule", "capsule"]).pred_score)
+    assert model.last_stop_steps.tolist() == [101, 101]  # T_start 200 -> steps 151, 101: first t < 150
+
+
+def test_pixel_l1_term_compares_imagenet_normalised_images():
+    torch.manual_seed(0)
+    model = tiny_model()
+    images, recon = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    weights = torch.tensor([0.0, 3.0])
+    without = model.anomaly_map(images, recon)
+    blur_sigma, model.blur_sigma = model.blur_sigma, 0.0
+    unblurred = model.anomaly_map(images, recon)
+    model.blur_sigma = blur_sigma
+    term = pixel_l1_term(imagenet_normalize(images), imagenet_normalize(recon), unblurred, weights)
+    assert torch.allclose(model.anomaly_map(images, recon, weights), gaussian_blur(unblurred + term, blur_sigma),
+                          atol=1e-5)
+    assert torch.allclose(model.anomaly_map(images, recon, weights)[0], without[0], atol=1e-6)  # v = 0: no term
+    # on [-1, 1] pixels instead the per-channel weights differ, and so would the map
+    other = pixel_l1_term(images, recon, unblurred, weights)
+    assert not torch.allclose(term[1], other[1], atol=1e-4)
+
+
+def test_object_mask_zeroes_the_map_away_from_the_object():
+    torch.manual_seed(0)
+    model = tiny_model(object_masks={"obj": "otsu"}, blur_sigma=1.0)
+    images = torch.full((2, 3, 16, 16), -0.9)
+    images[:, :, :4, :4] = 0.9  # a bright object in the top-left corner of a dark image
+    mask = model.object_mask(images, ["obj", "free"])
+    assert mask.shape == (2, 16, 16) and float(mask.min()) >= 0 and float(mask.max()) <= 1 + 1e-6
+    assert float(mask[0, :2, :2].min()) > 0.99 and float(mask[0, 12:, 12:].max()) == 0.0  # blurred twice, σ 1
+    assert torch.allclose(mask[1], torch.ones(16, 16), atol=1e-5)  # a category without a mask rule: whole map
+    assert model.object_mask(images, ["free", None]) is None
+    out = model(images, ["obj", "free"])
+    assert float(out.anomaly_map[0, 12:, 12:].abs().max()) == 0.0 and float(out.anomaly_map[1, 12:, 12:].max()) > 0

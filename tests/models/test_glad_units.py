@@ -181,3 +181,71 @@ def test_distances_stay_float32_under_autocast():
         blurred = gaussian_blur(torch.rand(1, 9, 9, generator=g), 1.0)
     assert under_amp.dtype == torch.float32 and blurred.dtype == torch.float32
     assert torch.allclose(under_amp, reference, atol=1e-6)
+
+
+# ----------------------------------------------------------------- per-class tables in the configs
+# Facts from the official code, hyao1/GLAD main.py at 7fef283 (CLSNAMES: denoise_step, input_threshold,
+# v, min_step, ...), and utilize.py (MVTec / MPDD noised at exactly T_start, other datasets T_start - 1).
+OFFICIAL_TABLES = {
+    "glad_mvtec.yaml": dict(
+        dataset="MVTecAD", noise_offset=0, dino_resolution=512, steps=25, bidirectional=["transistor"],
+        table={"carpet": (750, 0.32, 0, 350), "grid": (750, 0.47, 0, 350), "leather": (750, 0.35, 0, 350),
+               "tile": (750, 0.35, 0, 350), "wood": (750, 0.37, 0, 350), "bottle": (750, 0.32, 0, 350),
+               "cable": (750, 0.4, 0, 350), "capsule": (600, 0.4, 0, 350), "hazelnut": (750, 0.5, 0, 350),
+               "metal_nut": (750, 0.4, 0, 350), "pill": (750, 0.35, 0, 350), "screw": (750, 0.32, 0, 350),
+               "toothbrush": (750, 0.5, 0, 350), "transistor": (850, 0.5, 0, 350), "zipper": (750, 0.35, 0, 350)}),
+    "glad_mpdd.yaml": dict(
+        dataset="MPDD", noise_offset=0, dino_resolution=512, steps=25, bidirectional=[],
+        table={"bracket_black": (500, 0.35, 0, 350), "bracket_brown": (500, 0.35, 0, 350),
+               "bracket_white": (450, 0.35, 0, 200), "connector": (500, 0.35, 0, 350),
+               "metal_plate": (500, 0.35, 0, 350), "tubes": (500, 0.1, 0, 350)}),
+    "glad_visa.yaml": dict(
+        dataset="VisA", noise_offset=-1, dino_resolution=256, steps=15, bidirectional=["pcb1", "pcb4"],
+        table={"candle": (450, 0.45, 7, 200), "capsules": (450, 0.4, 7, 200), "cashew": (450, 0.4, 1, 200),
+               "chewinggum": (450, 0.45, 1, 200), "fryum": (450, 0.35, 2, 200), "macaroni1": (450, 0.45, 7, 200),
+               "macaroni2": (450, 0.45, 7, 200), "pcb1": (450, 0.3, 1, 200), "pcb2": (450, 0.3, 2, 200),
+               "pcb3": (450, 0.3, 2, 200), "pcb4": (450, 0.3, 2, 200), "pipe_fryum": (450, 0.45, 2, 200)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_TABLES))
+def test_config_tables_are_the_official_ones_and_reach_every_category(name):
+    import yaml
+
+    from anomaly_bench.benchmark.grid import KNOWN_CATEGORIES
+    from anomaly_bench.models.glad.categories import CategoryTable
+    from tests.conftest import REPO_ROOT
+
+    facts = OFFICIAL_TABLES[name]
+    init_args = yaml.safe_load((REPO_ROOT / "configs" / name).read_text())["model"]["init_args"]
+    defaults = {key: init_args[key] for key in ("t_start", "tau", "t_min", "noise_offset")}
+    table = CategoryTable.from_options(**defaults, pixel_l1_weight=init_args.get("pixel_l1_weight", 0.0),
+                                       category_params=init_args["category_params"])
+    table.use_calibrated_tau = False  # tau_mode: table
+    assert set(table.entries) == set(KNOWN_CATEGORIES[facts["dataset"]]) == set(facts["table"])
+    for category, (t_start, tau, v, t_min) in facts["table"].items():
+        assert table.params_for(category) == dict(t_start=t_start, tau=pytest.approx(tau), t_min=t_min,
+                                                  noise_offset=facts["noise_offset"], pixel_l1_weight=v), category
+    assert init_args["dino_resolution"] == facts["dino_resolution"]
+    assert init_args["num_inference_steps"] == facts["steps"]
+    assert sorted(init_args.get("bidirectional_categories") or []) == facts["bidirectional"]
+    assert "grad_clip" not in init_args and init_args["grad_clip_norm"] == 1.0
+
+
+def test_category_table_lookup_order_and_bad_entries():
+    from anomaly_bench.models.glad.categories import CategoryTable
+
+    table = CategoryTable.from_options(750, 0.4, 350, 0, 0.0, {"capsule": {"t_start": 600, "tau": 0.3}})
+    assert table.params_for(None) == dict(t_start=750, tau=0.4, t_min=350, noise_offset=0, pixel_l1_weight=0.0)
+    assert table.params_for("capsule")["t_start"] == 600 and table.params_for("carpet")["t_start"] == 750
+    table.calibrated_tau["capsule"] = 0.21
+    assert table.params_for("capsule")["tau"] == 0.21  # calibrated τ over the table's
+    assert table.categories(None, 2) == ["capsule", "capsule"]  # the one calibrated category
+    table.use_calibrated_tau = False
+    assert table.params_for("capsule")["tau"] == 0.3  # tau_mode: table
+    with pytest.raises(ValueError, match=r"category_params\['capsule'\]\['tau'\] must be a number"):
+        CategoryTable.from_options(750, 0.4, 350, 0, 0.0, {"capsule": {"tau": "high"}})
+    with pytest.raises(ValueError, match="category_params must be a mapping"):
+        CategoryTable.from_options(750, 0.4, 350, 0, 0.0, [("capsule", 0.3)])
+    with pytest.raises(ValueError, match="3 categories for 2 images"):
+        table.categories(["a", "b", "c"], 2)

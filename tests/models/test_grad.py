@@ -124,9 +124,10 @@ def test_both_grid_pairs_are_sampled_with_the_same_coordinates() -> None:
 
 
 def test_abnormal_sample_is_standardised_per_image_and_channel() -> None:
+    torch.manual_seed(0)
     t = torch.randn(3, 5, 4, 6) * torch.rand(3, 5, 1, 1) * 10 + torch.randn(3, 5, 1, 1) * 7
     z = standardise_per_image_channel(t)
-    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(3, 5), atol=1e-5)
+    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(3, 5), atol=1e-4)
     assert torch.allclose(z.flatten(2).std(dim=2, unbiased=True), torch.ones(3, 5), atol=1e-4)
 
 

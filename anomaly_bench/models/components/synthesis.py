@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
+from anomaly_bench.data.io import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FOREGROUND_MODES = ("none", "otsu", "otsu_inverted")
 
@@ -190,10 +192,12 @@ class TextureFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"texture_dir does not exist or is not a folder: {self.root}")
+            raise DataError(f"model.init_args.texture_dir {self.root} does not exist or is not a folder; the DTD "
+                            "textures come with `anomaly-bench download DTD --root data/dtd` (texture_dir: "
+                            "data/dtd/images), or set texture_dir: null to use shuffled tiles of the image")
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
-            raise FileNotFoundError(f"texture_dir {self.root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(f"model.init_args.texture_dir {self.root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
 
     def __len__(self) -> int:
         return len(self.files)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_bench.data.io import DataError
 from anomaly_bench.models.components.synthesis import (
     AUGMENTERS, AnomalySynthesizer, TextureFolder, augment, foreground_mask, perlin_mask, perlin_noise, shuffle_tiles,
 )
@@ -96,9 +97,9 @@ def test_texture_folder_source(tmp_path: Path):
 
 
 def test_bad_texture_folder_and_arguments_raise(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         TextureFolder(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="no images"):
+    with pytest.raises(DataError, match="no images"):
         TextureFolder(tmp_path)
     with pytest.raises(ValueError, match="anomaly_prob"):
         AnomalySynthesizer(anomaly_prob=1.5)
