@@ -322,3 +322,18 @@ def test_the_python_api_gets_run_folders_paths_and_separate_pictures(synth_mvtec
                      enable_model_summary=False, logger=False)
     second.fit(TinyModel(), data)
     assert (tmp_path / "TinyModel" / "MVTecAD" / "all" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+
+
+# ------------------------------------------------------------- issue 16.2: the paper protocol preset
+def test_the_paper_protocol_is_one_switch_and_recorded(synth_mvtec: Path, tmp_path: Path) -> None:
+    paper = str(REPO_ROOT / "configs" / "protocols" / "paper.yaml")
+    main(["fit", *base_args(synth_mvtec, tmp_path), "--config", paper])
+    main(["test", *base_args(synth_mvtec, tmp_path), "--config", paper, "--ckpt_path", "last"])
+    info = json.loads((latest(tmp_path) / "metrics.json").read_text())
+    assert info["protocol"] == "paper" and info["resolution"] == "model"
+    assert not info.get("thresholds")  # every training image trained the model: no hold-out, no thresholds
+    default = tmp_path / "default"
+    main(["fit", *base_args(synth_mvtec, default)])
+    main(["test", *base_args(synth_mvtec, default), "--ckpt_path", "last"])
+    info = json.loads((latest(default) / "metrics.json").read_text())
+    assert info["protocol"] == "default" and info["resolution"] == "native" and info["thresholds"]

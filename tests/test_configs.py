@@ -9,12 +9,13 @@ import pytest
 from anomaly_bench.cli import main
 from tests.conftest import REPO_ROOT
 
-CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "protocols" not in p.parts)
+PROTOCOLS = sorted((REPO_ROOT / "configs" / "protocols").glob("*.yaml"))
 
 
 def test_every_method_has_paper_and_demo_configs() -> None:
     names = {p.relative_to(REPO_ROOT / "configs").as_posix() for p in CONFIGS}
-    for method in ("crad", "grad", "patchdiff", "glad"):
+    for method in ("crad", "grad", "patchdiff", "glad", "patchcore"):
         assert f"demo/{method}.yaml" in names
         assert any(n.startswith(f"{method}_") for n in names), method
     assert "grad_goodsad.yaml" in names  # the headline command of the project
@@ -28,3 +29,13 @@ def test_config_resolves(config: Path, capsys) -> None:
     resolved = capsys.readouterr().out
     assert "class_path: anomaly_bench.models." in resolved
     assert "class_path: anomaly_bench.data." in resolved
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS, ids=lambda p: p.stem)
+def test_protocol_presets_apply_on_top_of_any_method_config(protocol: Path, capsys) -> None:
+    for method in ("crad", "patchcore"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(REPO_ROOT / "configs" / "demo" / f"{method}.yaml"), "--config", str(protocol),
+                  "--print_config"])
+        assert exit_info.value.code == 0, capsys.readouterr().err
+        assert f"protocol: {protocol.stem}" in capsys.readouterr().out

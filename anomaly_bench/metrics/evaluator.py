@@ -65,6 +65,9 @@ class Evaluator(Callback):
         compute_device: ``"auto"`` (the module's device: a GPU sorts fast) or ``"cpu"``.
         wandb_curves: log each category's ROC / PR / PRO curves as W&B plots with a ``WandbLogger``.
         wandb_curve_points: points per W&B curve at most.
+        protocol: the name of the evaluation protocol, recorded in ``metrics.json`` (``default`` = our
+            honest one: native resolution, last checkpoint; ``paper`` = ``configs/protocols/paper.yaml``,
+            scoring as the official code does). Reports mark paper-protocol numbers.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class Evaluator(Callback):
         compute_device: str = "auto",
         wandb_curves: bool = True,
         wandb_curve_points: int = 200,
+        protocol: str = "default",
     ) -> None:
         super().__init__()
         self.enabled = bool(enabled)
@@ -99,6 +103,7 @@ class Evaluator(Callback):
         self.compute_device = compute_device
         self.wandb_curves = wandb_curves
         self.wandb_curve_points = int(wandb_curve_points)
+        self.protocol = str(protocol)
         self.results: list[dict[str, Any]] = []
         self.modes_used: dict[str, str] = {}
         self._truths = GroundTruthCache()
@@ -207,7 +212,7 @@ class Evaluator(Callback):
         self.modes_used = dict(result.modes_used)
         run_dir = trainer.default_root_dir
         if self.write_files:
-            result.write(run_dir, self.config, {"stage": "test"}, plots=False)
+            result.write(run_dir, self.config, {"stage": "test", "protocol": self.protocol}, plots=False)
         if self.plot_curves:
             result.plot(run_dir, self.config)
         if result.rows:

@@ -37,6 +37,12 @@ model = BiGridGRADModel(backbone="tiny", pretrained=False, image_size=32, local_
                         global_resolution=2, fusion_blocks=1)
 images = torch.randn(2, 3, 32, 32)
 """,
+    "patchcore": """
+from anomaly_bench.models.patchcore.torch_model import PatchCoreModel
+model = PatchCoreModel(backbone="tiny", layers=(1, 2), pretrained=False, pretrain_embed_dim=32, embed_dim=16)
+model.set_memory_bank(model.embed(torch.randn(2, 3, 32, 32)))
+images = torch.randn(2, 3, 32, 32)
+""",
 }
 
 
