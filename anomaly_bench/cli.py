@@ -50,6 +50,7 @@ from anomaly_bench.loggers import RunCSVLogger
 from anomaly_bench.models import CONFIG_NAMES, MODELS
 from anomaly_bench.models.base import CHECKPOINT_KEY, AnomalyModule
 from anomaly_bench.models.components.weights import WeightsUnavailableError
+from anomaly_bench.shipped import resolve_config_path
 from anomaly_bench.terminal import print_metrics_table, quiet_terminal
 
 DEFAULT_SEED = 42
@@ -66,6 +67,7 @@ EXTRA_SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("anomaly_bench.data.download", "download_main", "fetch, verify and unpack a dataset's public archive"),
     "report": ("anomaly_bench.report", "report_main", "write a self-contained report.html for a run or a grid"),
     "weights": ("anomaly_bench.weights_cli", "weights_main", "list a config's pretrained parts and whether each is here"),
+    "export": ("anomaly_bench.export_cli", "export_main", "export a model to ONNX / OpenVINO / torch + metadata"),
     "upgrade-config": ("anomaly_bench.cli", "upgrade_config_main",
                        "convert a 0.1 config (.yaml) or checkpoint (.ckpt) to today's option names"),
 }
@@ -356,8 +358,15 @@ class AnomalyBenchCLI(LightningCLI):
         if not self.trainer.is_global_zero:
             return
         _print(f"run directory: {self.run_dir}")
-        if (Path(self.trainer.default_root_dir) / "metrics.json").is_file():
-            print_metrics_table(Path(self.trainer.default_root_dir))
+        run_dir = Path(self.trainer.default_root_dir)
+        if (run_dir / "metrics.json").is_file():
+            print_metrics_table(run_dir)
+            try:  # the run's report.html; a report must never fail a test
+                from anomaly_bench.report import build_report
+
+                _print(f"report:        {build_report(run_dir)}")
+            except Exception as err:
+                _print(f"note: no report.html ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
 
     def after_validate(self) -> None:
         if self.trainer.is_global_zero:
@@ -572,12 +581,9 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _upgraded_config_file(path: str) -> tuple[str, type | None, list[str]]:
     """A config file with 0.1 option names is converted to a temporary copy (the original is untouched)."""
-    file = Path(path)
-    if not file.is_file():
-        shipped = _shipped_config(path)
-        if shipped is None:
-            return path, None, []
-        file = shipped
+    file = resolve_config_path(path)
+    if file is None:
+        return path, None, []  # the parser reports the missing file with its name
     try:
         config = yaml.safe_load(file.read_text())
     except yaml.YAMLError:
@@ -597,16 +603,6 @@ def _upgraded_config_file(path: str) -> tuple[str, type | None, list[str]]:
     notes = [f"{file}: {note}" for note in notes]
     notes.append(f"{file}: `anomaly-bench upgrade-config {file} NEW.yaml` writes the converted file")
     return handle.name, cls, notes
-
-
-def _shipped_config(name: str) -> Path | None:
-    """``crad_mvtec`` / ``demo/crad.yaml``: a config shipped with the package, when the path does not exist."""
-    root = Path(__file__).resolve().parent / "configs"
-    for candidate in (name, f"{name}.yaml"):
-        path = root / candidate
-        if path.is_file():
-            return path
-    return None
 
 
 def upgrade_config_main(argv: list[str] | None = None) -> int:

@@ -39,3 +39,18 @@ def test_protocol_presets_apply_on_top_of_any_method_config(protocol: Path, caps
                   "--print_config"])
         assert exit_info.value.code == 0, capsys.readouterr().err
         assert f"protocol: {protocol.stem}" in capsys.readouterr().out
+
+
+def test_shipped_configs_are_found_from_any_working_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 20.3: `--config crad_mvtec` (or `configs/demo/crad.yaml`) works outside the repository, and a
+    grid resolves its configs relative to itself (then among the shipped ones)."""
+    from anomaly_bench.benchmark.grid import load_grid
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("crad_mvtec", "demo/crad.yaml", "configs/demo/patchcore.yaml"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", name, "--print_config"])
+        assert exit_info.value.code == 0, capsys.readouterr().err
+        assert "class_path: anomaly_bench." in capsys.readouterr().out
+    grid = load_grid(REPO_ROOT / "benchmarks" / "demo.yaml")
+    assert all(model.config is not None and model.config.is_file() for model in grid.models)

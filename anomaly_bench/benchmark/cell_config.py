@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from anomaly_bench.atomic import atomic_write_text
 from anomaly_bench.benchmark.grid import Cell, GridConfig, GridError, WandbSpec
 
 # Data init args every AnomalyDataModule accepts: they survive a change of datamodule class, so a
@@ -109,6 +110,10 @@ def cell_tags(grid: GridConfig, cell: Cell) -> dict[str, Any]:
         "category": cell.category_label,
         "setting": cell.setting,
         "seed": cell.seed,
+        "paper_method": cell.model.paper_method,
+        "paper_dataset": cell.dataset.paper_dataset,
+        "synthetic": cell.dataset.synthetic,
+        "paper_protocol": cell.model.paper_protocol,
     }
 
 
@@ -173,6 +178,6 @@ def wandb_logger_section(grid: GridConfig, cell: Cell, run_dir: Path, config: di
 
 
 def write_cell_config(config: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    """Write a cell's config atomically (a runner killed mid-write never leaves half a config)."""
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path

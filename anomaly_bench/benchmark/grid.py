@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from anomaly_bench.shipped import resolve_config_path
+
 UNIFIED_WORDS = ("all", "unified")
 EACH_WORD = "each"  # one separate model per category of the dataset
 
@@ -46,6 +48,7 @@ class ModelSpec:
     data: dict[str, Any] = field(default_factory=dict)  # model-specific data init_args (image_size...)
     paper_method: str | None = None  # name of this method in benchmarks/paper_results.csv
     categories: tuple[str | tuple[str, ...], ...] | None = None  # overrides the dataset's categories
+    paper_protocol: bool = False  # this model's cells run the papers' protocol (reports mark them)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class DatasetSpec:
     # list of names (one unified model over that subset).
     categories: tuple[str | tuple[str, ...], ...] = ("all",)
     paper_dataset: str | None = None
+    synthetic: bool | None = None  # a stand-in for paper_dataset: never compared with the papers' numbers
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,34 @@ class WandbSpec:
     mode: str = "auto"  # auto | online | offline | disabled
     entity: str | None = None
     tags: tuple[str, ...] = ()
+
+
+LAUNCHERS = ("local", "ray")
+DEFAULT_LEASE_S = 60.0
+
+
+@dataclass(frozen=True)
+class RaySpec:
+    """How the ``ray`` launcher runs cells (the grid's ``ray:`` section).
+
+    Args:
+        address: Cluster to join: ``auto``, ``HOST:PORT`` or ``ray://HOST:10001``; None starts a local
+            Ray instance on this machine.
+        cpus_per_cell: CPUs each cell's Ray task requests.
+        gpus_per_cell: GPUs each cell's task requests; None: one when the cluster has GPUs and the grid's
+            ``devices`` is not ``cpu``, else none.
+        memory_gb_per_cell: Memory (GiB) each task requests from Ray's scheduler (None: no request).
+        max_retries: How often Ray re-runs a cell whose node died or whose stage was killed.
+        init_args: Extra ``ray.init`` arguments for a local instance (``num_cpus``,
+            ``object_store_memory``...).
+    """
+
+    address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float | None = None
+    memory_gb_per_cell: float | None = None
+    max_retries: int = 2
+    init_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,9 @@ class GridConfig:
     max_parallel: int | None = None
     timeout_s: float | None = None  # per stage (fit / test) of a cell
     extra: dict[str, Any] = field(default_factory=dict)  # top-level config keys (e.g. seed-independent)
+    launcher: str = "local"  # local | ray
+    ray: RaySpec = field(default_factory=RaySpec)
+    lease_s: float = DEFAULT_LEASE_S  # a cell's lock expires this long after its runner's last heartbeat
 
 
 @dataclass(frozen=True)
@@ -145,7 +180,7 @@ def parse_grid(raw: Any, path: Path | None = None, base_dir: Path | None = None)
     if not isinstance(raw, dict):
         raise GridError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
     known = {"name", "models", "datasets", "seeds", "trainer", "output_dir", "wandb", "synth", "devices",
-             "max_parallel", "timeout_s", "extra"}
+             "max_parallel", "timeout_s", "extra", "launcher", "ray", "lease_s"}
     unknown = set(raw) - known
     if unknown:
         raise GridError(f"{where}: unknown top-level keys {sorted(unknown)}; expected some of {sorted(known)}")
@@ -173,6 +208,12 @@ def parse_grid(raw: Any, path: Path | None = None, base_dir: Path | None = None)
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise GridError(f"{where}: timeout_s must be a positive number of seconds, got {timeout!r}")
     output_dir = Path(raw.get("output_dir") or Path("runs/benchmark") / name)
+    launcher = raw.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise GridError(f"{where}: launcher must be one of {list(LAUNCHERS)}, got {launcher!r}")
+    lease_s = raw.get("lease_s", DEFAULT_LEASE_S)
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or lease_s <= 0:
+        raise GridError(f"{where}: lease_s must be a positive number of seconds, got {lease_s!r}")
     return GridConfig(
         name=name,
         path=path,
@@ -187,6 +228,42 @@ def parse_grid(raw: Any, path: Path | None = None, base_dir: Path | None = None)
         max_parallel=max_parallel,
         timeout_s=float(timeout) if timeout is not None else None,
         extra=_mapping(raw.get("extra", {}), f"{where}: extra"),
+        launcher=launcher,
+        ray=parse_ray(raw.get("ray"), where),
+        lease_s=float(lease_s),
+    )
+
+
+def parse_ray(value: Any, where: str = "<grid>") -> RaySpec:
+    """Validate the ``ray:`` section of a grid."""
+    raw = _mapping(value, f"{where}: ray")
+    allowed = {"address", "cpus_per_cell", "gpus_per_cell", "memory_gb_per_cell", "max_retries", "init_args"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise GridError(f"{where}: ray: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
+
+    def number(key: str, default: float | None, minimum: float) -> float | None:
+        value = raw.get(key, default)
+        if value is None or (key == "gpus_per_cell" and value == "auto"):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise GridError(f"{where}: ray.{key} must be a number >= {minimum}, got {value!r}")
+        return float(value)
+
+    address = raw.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise GridError(f"{where}: ray.address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT', "
+                        f"got {address!r}")
+    retries = raw.get("max_retries", 2)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise GridError(f"{where}: ray.max_retries must be an integer >= 0, got {retries!r}")
+    return RaySpec(
+        address=address,
+        cpus_per_cell=number("cpus_per_cell", 1.0, 0.0),  # type: ignore[arg-type]
+        gpus_per_cell=number("gpus_per_cell", None, 0.0),
+        memory_gb_per_cell=number("memory_gb_per_cell", None, 0.0),
+        max_retries=retries,
+        init_args=_mapping(raw.get("init_args", {}), f"{where}: ray.init_args"),
     )
 
 
@@ -212,7 +289,8 @@ def _parse_models(value: Any, where: str, base_dir: Path) -> tuple[ModelSpec, ..
             entry = {"config": entry} if entry.endswith((".yaml", ".yml")) else {"class_path": entry}
         if not isinstance(entry, dict):
             raise GridError(f"{key} must be a mapping or a string, got {type(entry).__name__}")
-        allowed = {"name", "config", "class_path", "init_args", "trainer", "data", "paper_method", "categories"}
+        allowed = {"name", "config", "class_path", "init_args", "trainer", "data", "paper_method", "categories",
+                   "paper_protocol"}
         unknown = set(entry) - allowed
         if unknown:
             raise GridError(f"{key}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
@@ -224,7 +302,8 @@ def _parse_models(value: Any, where: str, base_dir: Path) -> tuple[ModelSpec, ..
         if config is not None:
             config_path = _resolve_file(config, base_dir)
             if config_path is None:
-                raise GridError(f"{key}: config file {config!r} not found (looked in . and {base_dir})")
+                raise GridError(f"{key}: config file {config!r} not found (looked next to the grid file in "
+                                f"{base_dir}, in the working directory and among the shipped configs)")
         if class_path is not None and (not isinstance(class_path, str) or "." not in class_path):
             raise GridError(f"{key}: class_path must be a dotted import path like 'pkg.module.Class'")
         name = entry.get("name") or (
@@ -240,6 +319,7 @@ def _parse_models(value: Any, where: str, base_dir: Path) -> tuple[ModelSpec, ..
                 data=_mapping(entry.get("data", {}), f"{key}.data"),
                 paper_method=entry.get("paper_method"),
                 categories=_parse_categories(entry["categories"], key) if "categories" in entry else None,
+                paper_protocol=_flag(entry.get("paper_protocol", False), f"{key}.paper_protocol"),
             )
         )
     _check_unique([s.name for s in specs], f"{where}: models", "name")
@@ -247,12 +327,11 @@ def _parse_models(value: Any, where: str, base_dir: Path) -> tuple[ModelSpec, ..
 
 
 def _resolve_file(value: Any, base_dir: Path) -> Path | None:
-    candidate = Path(str(value))
-    if candidate.is_file():
-        return candidate
+    """A config a grid names: relative to the grid file first, then as given, then a shipped config."""
+    candidate = Path(str(value)).expanduser()
     if not candidate.is_absolute() and (base_dir / candidate).is_file():
         return base_dir / candidate
-    return None
+    return resolve_config_path(candidate)
 
 
 def _parse_categories(value: Any, key: str) -> tuple[str | tuple[str, ...], ...]:
@@ -284,7 +363,7 @@ def _parse_datasets(value: Any, where: str) -> tuple[DatasetSpec, ...]:
         key = f"{where}: datasets[{i}]"
         if not isinstance(entry, dict):
             raise GridError(f"{key} must be a mapping with class_path/init_args/categories")
-        allowed = {"name", "class_path", "init_args", "categories", "paper_dataset"}
+        allowed = {"name", "class_path", "init_args", "categories", "paper_dataset", "synthetic"}
         unknown = set(entry) - allowed
         if unknown:
             raise GridError(f"{key}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
@@ -303,6 +382,7 @@ def _parse_datasets(value: Any, where: str) -> tuple[DatasetSpec, ...]:
                 categories=_parse_categories(entry.get("categories"), key),
                 paper_dataset=entry.get("paper_dataset")
                 or (_name_from_class_path(class_path) if class_path else None),
+                synthetic=None if entry.get("synthetic") is None else _flag(entry["synthetic"], f"{key}.synthetic"),
             )
         )
     _check_unique([s.name for s in specs], f"{where}: datasets", "name")
@@ -348,6 +428,12 @@ def _parse_devices(value: Any, where: str) -> str | tuple[int, ...]:
     if isinstance(value, list) and value and all(isinstance(d, int) for d in value):
         return tuple(value)
     raise GridError(f"{where}: devices must be 'auto', 'cpu', a GPU count or a list of GPU ids, got {value!r}")
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise GridError(f"{where} must be true or false, got {value!r}")
+    return value
 
 
 def _check_unique(names: list[str], where: str, what: str) -> None:

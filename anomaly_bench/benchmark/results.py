@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from anomaly_bench.benchmark.grid import Cell, GridConfig
-from anomaly_bench.benchmark.runner import find_metrics_json
+from anomaly_bench.benchmark.cell_runner import find_metrics_json
 from anomaly_bench.metrics.report import MetricsFileError, metric_values, read_tables
 
 TIDY_COLUMNS = ["grid", "model", "dataset", "setting", "category", "seed", "metric", "value", "cell_id"]

@@ -42,6 +42,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         kwargs.setdefault("enable_version_counter", False)
         super().__init__(dirpath=dirpath, monitor=monitor, mode=mode, **kwargs)
         self._configured_dirpath = dirpath
+        self._last_epoch_saved = -1
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._configured_dirpath is None:
@@ -50,11 +51,22 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath:
             remove_stale_temporaries(self.dirpath)
 
+    def _should_skip_saving_checkpoint(self, trainer: Trainer) -> bool:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return True
+        # Lightning skips a save when the global step has not moved; methods that take no optimiser
+        # step (memory banks: PatchCore) stay at step 0 for ever, so a new epoch counts as progress too
+        # (last.ckpt every epoch: an interrupted fit resumes from the last finished epoch).
+        return (self._last_global_step_saved, self._last_epoch_saved) == (trainer.global_step, trainer.current_epoch)
+
     def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         if self.monitor is not None and self.monitor not in monitor_candidates:
             # Nothing to rank by this epoch. Lightning writes last.ckpt only in a step where a
             # top-k save happened, so mark this step as handled: last.ckpt is still written.
             self._last_global_step_saved = trainer.global_step
+            self._last_epoch_saved = trainer.current_epoch
             return
         super()._save_topk_checkpoint(trainer, monitor_candidates)
 
@@ -62,9 +74,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if not trainer.is_global_zero or "://" in str(filepath):
             # other ranks only join the collective save; remote file systems have no local rename
             super()._save_checkpoint(trainer, filepath)
+            self._last_epoch_saved = trainer.current_epoch
             return
         with atomic_path(filepath) as tmp:
             super()._save_checkpoint(trainer, str(tmp))
         self._last_checkpoint_saved = filepath
+        self._last_epoch_saved = trainer.current_epoch
         if Path(filepath).name == runs.LAST_CKPT:
             runs.point_latest(Path(filepath).parent.parent)

@@ -238,7 +238,8 @@ def paper_method(info: GridInfo, model: str, runs: Iterable[RunRecord]) -> str:
 
 
 def is_paper_protocol(info: GridInfo, model: str, runs: Iterable[RunRecord]) -> bool:
-    """Whether the model's cells ran the paper's protocol (grid ``paper_protocol`` or a cell tag).
+    """Whether the model's cells ran the paper's protocol (``metrics.json`` ``protocol: paper``, written
+    by ``configs/protocols/paper.yaml``; or the grid's ``paper_protocol`` / a cell tag).
 
     Args:
         info: the grid facts.
@@ -247,7 +248,7 @@ def is_paper_protocol(info: GridInfo, model: str, runs: Iterable[RunRecord]) -> 
     """
     spec = info.models.get(model)
     return bool(spec is not None and spec.paper_protocol) or any(
-        _true(r.tags.get("paper_protocol")) for r in runs
+        _true(r.tags.get("paper_protocol")) or (r.metrics or {}).get("protocol") == "paper" for r in runs
     )
 
 

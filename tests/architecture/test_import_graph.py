@@ -27,7 +27,7 @@ from tests.conftest import REPO_ROOT
 PACKAGE = REPO_ROOT / "anomaly_bench"
 LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
     (0, "anomaly_bench.atomic"), (0, "anomaly_bench.types"), (0, "anomaly_bench.runs"),
-    (0, "anomaly_bench.compat"), (0, "anomaly_bench._lazy"),
+    (0, "anomaly_bench.compat"), (0, "anomaly_bench._lazy"), (0, "anomaly_bench.shipped"),
     (1, "anomaly_bench.data"),
     (2, "anomaly_bench.models"),
     (3, "anomaly_bench.metrics"), (3, "anomaly_bench.callbacks"),

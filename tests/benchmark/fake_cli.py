@@ -3,12 +3,20 @@
 argv: stage cell_config run_dir ckpt. ``fit`` writes a checkpoint; ``test`` writes metrics.csv and
 metrics.json whose values depend on the model's ``init_args.quality`` and the seed, so the
 aggregation can be checked against known answers. A model with ``init_args.fail_at`` equal to
-the stage exits with an error. Every call is appended to ``<run_dir>/calls.txt``.
+the stage exits with an error. Every call is appended to ``<run_dir>/calls.txt`` and its pid to
+``<run_dir>/pids.txt``.
+
+Resumable fits, like the real CLI's: ``init_args.epochs`` (default 1) epochs of ``epoch_s`` seconds
+(default 0) each; after every epoch ``checkpoints/last.ckpt`` (a zip archive, like torch.save's)
+records it, and a fit given a checkpoint starts at the epoch after the recorded one. Each epoch
+start is appended to ``<run_dir>/epochs.log`` as ``<epoch> <pid> <time>``.
 """
 
 import json
 import os
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -19,12 +27,27 @@ config = yaml.safe_load(Path(config_path).read_text())
 args = config["model"]["init_args"]
 with open(run / "calls.txt", "a") as fh:
     fh.write(f"{stage} ckpt={ckpt} cuda={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}\n")
+with open(run / "pids.txt", "a") as fh:
+    fh.write(f"{os.getpid()}\n")
 if args.get("fail_at") == stage:
     print(f"simulated crash in {stage}", file=sys.stderr)
     sys.exit(3)
 if stage == "fit":
+    start = 0
+    if ckpt != "None":
+        with zipfile.ZipFile(ckpt) as archive:
+            start = int(archive.read("epoch")) + 1
+        print(f"resuming from {ckpt} at epoch {start}", flush=True)
     (run / "checkpoints").mkdir(exist_ok=True)
-    (run / "checkpoints" / "last.ckpt").write_text("fake")
+    for epoch in range(start, int(args.get("epochs", 1))):
+        with open(run / "epochs.log", "a") as fh:
+            fh.write(f"{epoch} {os.getpid()} {time.time():.3f}\n")
+        print(f"epoch {epoch}", flush=True)
+        time.sleep(float(args.get("epoch_s", 0)))
+        tmp = run / "checkpoints" / ".last.ckpt.tmp"
+        with zipfile.ZipFile(tmp, "w") as archive:
+            archive.writestr("epoch", str(epoch))
+        os.replace(tmp, run / "checkpoints" / "last.ckpt")
     sys.exit(0)
 category = config["data"]["init_args"]["category"]
 categories = ["a", "b"] if category == "all" else [category] if isinstance(category, str) else category

@@ -1,6 +1,5 @@
 """Aggregation on a hand-made results table, and reading metric files of several shapes."""
 
-import json
 import math
 
 import pandas as pd
@@ -15,7 +14,7 @@ from anomaly_bench.benchmark.aggregate import (
     summary_table,
     to_percent,
 )
-from anomaly_bench.benchmark.results import read_metrics_csv, read_metrics_json
+from anomaly_bench.benchmark.results import read_metrics_csv
 
 
 def _table() -> pd.DataFrame:
@@ -77,25 +76,3 @@ def test_read_metrics_csv_with_mean_row_and_bookkeeping(tmp_path):
     rows = read_metrics_csv(path)
     assert ("bottle", "image_auroc", 0.9) in rows and ("mean", "pixel_aupro", 0.8) in rows
     assert not any(m in ("n_images", "pixel_aupro_fpr_limit") for _, m, _ in rows)
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        [{"category": "a", "image_auroc": 0.7}, {"category": "mean", "image_auroc": 0.7}],
-        {"per_category": {"a": {"image_auroc": 0.7}}, "mean": {"image_auroc": 0.7}},
-        {"a": {"image_auroc": 0.7}, "mean": {"image_auroc": {"value": 0.7, "fpr_limit": 0.3}}},
-        {"metrics": [{"category": "a", "image_auroc": 0.7}]},
-    ],
-)
-def test_read_metrics_json_shapes(tmp_path, payload):
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps(payload))
-    rows = read_metrics_json(path)
-    assert ("a", "image_auroc", 0.7) in rows
-
-
-def test_read_metrics_json_flat_is_the_mean(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"image_auroc": 0.6, "pixel_auroc": 0.5, "note": "x"}))
-    assert sorted(read_metrics_json(path)) == [("mean", "image_auroc", 0.6), ("mean", "pixel_auroc", 0.5)]

@@ -41,6 +41,11 @@ def test_expansion_is_the_cartesian_product_with_stable_ids(tmp_path):
         ({"models": [{"config": "no/such/file.yaml"}]}, "no/such/file.yaml"),
         ({"wandb": {"mode": "sometimes"}}, "wandb.mode"),
         ({"devices": "tpu"}, "devices"),
+        ({"launcher": "slurm"}, "launcher must be one of"),
+        ({"ray": {"gpus": 1}}, r"ray: unknown keys \['gpus'\]"),
+        ({"ray": {"max_retries": -1}}, "ray.max_retries"),
+        ({"ray": {"cpus_per_cell": "two"}}, "ray.cpus_per_cell"),
+        ({"lease_s": 0}, "lease_s"),
     ],
 )
 def test_bad_grids_are_rejected_with_the_key_named(tmp_path, change, message):
@@ -144,3 +149,16 @@ def test_model_level_categories_and_each(tmp_path):
     raw["datasets"][0]["class_path"] = "my.Own"
     with pytest.raises(GridError, match="each"):
         expand_grid(parse_grid(raw))
+
+
+def test_launcher_and_ray_sections(tmp_path):
+    grid = parse_grid(grid_dict(tmp_path))
+    assert grid.launcher == "local" and grid.ray.address is None and grid.ray.gpus_per_cell is None
+    assert grid.lease_s == 60
+    grid = parse_grid(grid_dict(tmp_path, launcher="ray", lease_s=5, ray={
+        "address": "auto", "cpus_per_cell": 4, "gpus_per_cell": "auto", "memory_gb_per_cell": 16,
+        "max_retries": 0, "init_args": {"num_cpus": 8}}))
+    assert grid.launcher == "ray" and grid.lease_s == 5.0
+    assert (grid.ray.address, grid.ray.cpus_per_cell, grid.ray.gpus_per_cell) == ("auto", 4.0, None)
+    assert grid.ray.memory_gb_per_cell == 16.0 and grid.ray.max_retries == 0
+    assert grid.ray.init_args == {"num_cpus": 8}

@@ -196,10 +196,6 @@ def test_dino_tokens_at_the_native_grid_match_official(dino_case: dict, block: i
     assert max_diff(ours, tensor(dino_case[f"output/native_block{block}"])[:, 1:]) <= TOLERANCE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "position embeddings resized differently: official DINO interpolate_pos_encoding uses bicubic with "
-    "scale_factor (g+0.1)/sqrt(N) and no antialias, timm's resample_abs_pos_embed bicubic to the size with "
-    "antialias=True; matters whenever DINO runs off its 224-px grid (GLAD: 512 px). See the parity report."))
 @pytest.mark.parametrize("block", [2, 4])
 def test_dino_tokens_at_twice_the_grid_match_official(dino_case: dict, block: int) -> None:
     ours = our_dino_tokens(dino_case["dino"], tensor(dino_case["input/images_large"]), [block])[0]

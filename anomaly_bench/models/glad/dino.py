@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+import math
+import types
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_bench.models.components.weights import (
@@ -50,12 +55,43 @@ def build_vit(
                            DinoLoadError) from err
 
 
+def dino_position_embedding(vit: nn.Module, x: Tensor) -> Tensor:
+    """Tokens plus position embeddings the way the official DINO code resizes them off its grid.
+
+    DINO's ``interpolate_pos_encoding`` resizes the g x g patch embeddings bicubically with
+    ``scale_factor = (rows + 0.1) / g, (cols + 0.1) / g`` and no antialiasing; timm resizes to the
+    target size with antialiasing, which differs by up to ~6 % of the tokens' scale at twice the
+    grid (GLAD scores ViT-B/8, trained at 224 px, at 512 px). ``x``: patch tokens [B, rows, cols, C].
+    """
+    batch, rows, cols, channels = x.shape
+    prefix = vit.num_prefix_tokens
+    pos = vit.pos_embed
+    grid = math.sqrt(pos.shape[1] - prefix)
+    patch_pos = pos[:, prefix:]
+    if not (rows == cols and rows * cols == patch_pos.shape[1]):
+        square = patch_pos.reshape(1, int(grid), int(grid), channels).permute(0, 3, 1, 2)
+        resized = F.interpolate(square.float(), scale_factor=((rows + 0.1) / grid, (cols + 0.1) / grid),
+                                mode="bicubic", align_corners=False).to(pos.dtype)
+        if resized.shape[-2:] != (rows, cols):
+            raise ValueError(f"DINO position embeddings resized to {tuple(resized.shape[-2:])}, expected {(rows, cols)}")
+        patch_pos = resized.permute(0, 2, 3, 1).reshape(1, rows * cols, channels)
+    tokens = torch.cat([vit.cls_token.expand(batch, -1, -1), x.reshape(batch, -1, channels)], dim=1)
+    return vit.pos_drop(tokens + torch.cat([pos[:, :prefix], patch_pos], dim=1))
+
+
 class DinoFeatures(nn.Module):
-    """Patch tokens after chosen transformer blocks (1-based), before the final LayerNorm, CLS dropped."""
+    """Patch tokens after chosen transformer blocks (1-based), before the final LayerNorm, CLS dropped.
+
+    Off the ViT's training grid the position embeddings are resized as the official DINO code does
+    (``dino_position_embedding``), not as timm does.
+    """
 
     def __init__(self, vit: nn.Module) -> None:
         super().__init__()
         self.vit = vit.eval().requires_grad_(False)
+        if getattr(vit, "dynamic_img_size", False) and getattr(vit, "cls_token", None) is not None \
+                and not getattr(vit, "no_embed_class", False) and getattr(vit, "reg_token", None) is None:
+            vit._pos_embed = types.MethodType(dino_position_embedding, vit)
 
     @property
     def depth(self) -> int:
