@@ -90,13 +90,24 @@ def model_arguments(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         cls = getattr(importlib.import_module(module_name or "anomaly_bench.models"), class_name)
     except (ImportError, AttributeError) as err:
         raise ConfigReadError(f"model.class_path {class_path!r} cannot be imported: {err}") from None
-    arguments = {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+    arguments = _defaults(cls)
     arguments.update(spec.get("init_args") or {})
     return class_name, arguments
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Every option's default, the ones a Lightning class forwards to its torch model through
+    ``**model_options`` included (resolved the way the CLI resolves them)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "model", fail_untyped=False)
+    try:
+        defaults = parser.get_defaults().get("model")
+        return dict(defaults.as_dict()) if defaults is not None else {}
+    except Exception:  # a class the parser cannot read: its own signature is the fallback
+        return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
 
 
 def pretrained_parts(owner: str, args: dict[str, Any]) -> list[WeightsStatus]:
@@ -142,6 +153,15 @@ def pretrained_parts(owner: str, args: dict[str, Any]) -> list[WeightsStatus]:
                 dino, args.get("dino_weights"), part_name("DINO", dino, owner), "model.init_args.dino_weights"
             )
         )
+    scoring_dino = args.get("scoring_dino_weights")
+    if isinstance(scoring_dino, str) and scoring_dino:
+        # a fine-tuned DINO for the final map only (GLAD on VisA): a local file, never the hub
+        parts.append(
+            timm_status(
+                str(dino), scoring_dino, part_name("fine-tuned scoring DINO", str(dino), owner),
+                "model.init_args.scoring_dino_weights",
+            )
+        )
     return parts
 
 
@@ -171,7 +191,10 @@ def texture_note(owner: str, args: dict[str, Any]) -> str | None:
             "model.init_args.texture_dir: data/dtd/images"
         )
     here = Path(texture_dir).expanduser().is_dir()
-    return f"{owner} textures: texture_dir {texture_dir} ({'here' if here else 'MISSING'})"
+    if here:
+        return f"{owner} textures: texture_dir {texture_dir} (here)"
+    return (f"{owner} textures: texture_dir {texture_dir} (MISSING: `anomaly-bench download DTD --root data/dtd` "
+            "fetches the official DTD textures)")
 
 
 def describe(status: WeightsStatus) -> str:
