@@ -31,7 +31,7 @@ from anomaly_bench.models.components.weights import (
     timm_status,
 )
 
-RANDOM_BACKBONES = ("tiny",)
+RANDOM_BACKBONES = ("tiny", "tiny_signed")
 RANDOM_DIFFUSION = ("tiny", "sd-v1-random")
 
 

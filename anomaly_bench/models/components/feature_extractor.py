@@ -20,6 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 TINY_BACKBONE = "tiny"
+# the same net, but each stage's output taken before its last ReLU: signed features, as the block
+# outputs of an EfficientNet (a linear projection) are; CRAD-style refinement needs signed features
+TINY_SIGNED_BACKBONE = "tiny_signed"
+TINY_BACKBONES = (TINY_BACKBONE, TINY_SIGNED_BACKBONE)
 # (channels, stride) of the tiny backbone's stages; indices follow timm's ``out_indices``.
 _TINY_STAGES: tuple[tuple[int, int], ...] = ((8, 2), (16, 4), (24, 8), (32, 16))
 _TINY_SEED = 0
@@ -30,9 +34,10 @@ class _TinyBackbone(nn.Module):
 
     Random convolutions keep local image structure, so reconstruction-based detectors still work
     on synthetic defects; weights are drawn from a fixed seed so every process builds the same net.
+    ``signed``: return each stage's output before its last ReLU (the next stage still gets the ReLU).
     """
 
-    def __init__(self, out_indices: Sequence[int]) -> None:
+    def __init__(self, out_indices: Sequence[int], signed: bool = False) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(_TINY_SEED)
         stages, in_ch = [], 3
@@ -44,19 +49,21 @@ class _TinyBackbone(nn.Module):
                 fan_in = c.in_channels * c.kernel_size[0] * c.kernel_size[1]
                 with torch.no_grad():
                     c.weight.copy_(torch.randn(c.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-            stages.append(nn.Sequential(down, nn.ReLU(inplace=True), conv, nn.ReLU(inplace=True)))
+            stages.append(nn.Sequential(down, nn.ReLU(inplace=True), conv))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
         self.out_indices = tuple(out_indices)
         self.channels = [_TINY_STAGES[i][0] for i in self.out_indices]
         self.reductions = [_TINY_STAGES[i][1] for i in self.out_indices]
+        self.signed = signed
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            before = stage(x)
+            x = torch.relu(before)
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(before if self.signed else x)
             if i >= max(self.out_indices):
                 break
         return outs
@@ -94,8 +101,9 @@ class TimmFeatureExtractor(nn.Module):
 
     Args:
         backbone: any timm model name (optionally with a pretrained tag, e.g.
-            ``"tf_efficientnet_b4.aa_in1k"``) or ``"tiny"`` (random 4-stage CNN, strides 2/4/8/16,
-            channels 8/16/24/32; ``pretrained`` must then be False).
+            ``"tf_efficientnet_b4.aa_in1k"``), ``"tiny"`` (random 4-stage CNN, strides 2/4/8/16,
+            channels 8/16/24/32; ``pretrained`` must then be False) or ``"tiny_signed"`` (the same net
+            with signed stage outputs, like an EfficientNet's block outputs).
         layers: stage indices as timm's ``out_indices`` (EfficientNet-B4: 2 = 56 ch @ stride 8,
             3 = 160 ch @ stride 16). The output lives at the resolution of the first listed stage.
         pretrained: load the weights timm associates with the name (needs the hub or its cache).
@@ -124,12 +132,12 @@ class TimmFeatureExtractor(nn.Module):
             raise ValueError("TimmFeatureExtractor: layers must name at least one stage index")
         self.backbone_name = backbone
         self.layers = layers
-        if backbone == TINY_BACKBONE:
+        if backbone in TINY_BACKBONES:
             if pretrained or weights_path is not None:
-                raise ValueError("backbone 'tiny' is random by design; set pretrained=False and weights_path=None")
+                raise ValueError(f"backbone {backbone!r} is random by design; set pretrained=False and weights_path=None")
             if any(i < 0 or i >= len(_TINY_STAGES) for i in layers):
-                raise ValueError(f"backbone 'tiny' has stages 0..{len(_TINY_STAGES) - 1}, got layers={layers}")
-            self.model = _TinyBackbone(layers)
+                raise ValueError(f"backbone {backbone!r} has stages 0..{len(_TINY_STAGES) - 1}, got layers={layers}")
+            self.model = _TinyBackbone(layers, signed=backbone == TINY_SIGNED_BACKBONE)
             self.stage_channels = list(self.model.channels)
             self.stage_strides = list(self.model.reductions)
         else:
