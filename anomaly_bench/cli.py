@@ -72,6 +72,7 @@ EXTRA_SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                        "convert a 0.1 config (.yaml) or checkpoint (.ckpt) to today's option names"),
 }
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PREDICT_WITH_EXPORT = ("anomaly_bench.export_cli", "predict_export_main")  # `predict --export DIR`
 
 
 class CheckpointMismatchError(ValueError):
@@ -673,6 +674,11 @@ def main(args: list[str] | None = None) -> int:
         with quiet_terminal():
             if argv and argv[0] in EXTRA_SUBCOMMANDS:
                 return _run_extra(argv[0], argv[1:])
+            if argv[:1] == ["predict"] and any(a == "--export" or a.startswith("--export=") for a in argv[1:]):
+                # an exported model, scored by the standalone inferencer (no Lightning, no checkpoint);
+                # dispatched by name like the extra subcommands (export_cli builds on this module)
+                module_name, function_name = PREDICT_WITH_EXPORT
+                return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
             argv, notes = prepare_argv(argv)
             for note in notes:
                 print(f"anomaly-bench: deprecated: {note}", file=sys.stderr)

@@ -9,8 +9,11 @@ percent, as printed in the papers. Our model / dataset names map to the paper's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+
+from anomaly_bench.benchmark.cell_config import load_yaml_mapping
 
 PAPER_COLUMNS = ["paper", "method", "dataset", "setting", "variant", "category", "metric", "value", "std", "source"]
 PAPER_KEY = ["paper", "method", "dataset", "setting", "variant", "category", "metric"]
@@ -100,3 +103,18 @@ def compare_with_paper(
     merged = merged.rename(columns={"paper_value": "paper"})
     merged["diff"] = merged["ours"] - merged["paper"]
     return merged[cols].sort_values(["dataset", "setting", "model", "metric", "category"]).reset_index(drop=True)
+
+
+def paper_names(grid: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Map our model / dataset names to the names used in paper_results.csv."""
+    models: dict[str, str] = {}
+    for m in grid.models:
+        name = m.paper_method or m.class_path
+        if name is None and m.config is not None:
+            try:
+                name = (load_yaml_mapping(m.config).get("model") or {}).get("class_path")
+            except Exception:
+                name = None
+        models[m.name] = str(name or m.name).rsplit(".", 1)[-1]
+    datasets = {d.name: d.paper_dataset or d.name for d in grid.datasets}
+    return models, datasets

@@ -130,9 +130,7 @@ def grid_info_from_config(grid: Any) -> GridInfo:
         grid: a ``GridConfig``.
     """
     info = GridInfo(name=getattr(grid, "name", None), source="grid config")
-    from anomaly_bench.benchmark.report import (
-        paper_names,  # a model's paper name may come from its config file
-    )
+    from anomaly_bench.benchmark.paper import paper_names  # a model's paper name may come from its config
 
     try:
         methods, _ = paper_names(grid)

@@ -33,6 +33,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (3, "anomaly_bench.metrics"), (3, "anomaly_bench.callbacks"),
     (4, "anomaly_bench.benchmark"), (4, "anomaly_bench.deploy"), (4, "anomaly_bench.report"),
     (4, "anomaly_bench.loggers"), (4, "anomaly_bench.terminal"), (4, "anomaly_bench.weights_cli"),
+    (5, "anomaly_bench.export_cli"),
     (5, "anomaly_bench.cli"), (5, "anomaly_bench"),
 ]
 
