@@ -211,7 +211,7 @@ def _changed(a: dict, b: dict, names: list[str] | None = None) -> list[str]:
 
 def test_stage_b_keeps_the_abnormal_branch_bit_identical_and_trains_the_normal_branch() -> None:
     torch.manual_seed(0)
-    module = tiny_grad(abnormal_epochs=1, normal_epochs=2)
+    module = tiny_grad(abnormal_epochs=1, normal_epochs=2, train_mapper_in_normal_stage=True)
     snaps = _Snapshots()
     items = make_items(16, 0, seed=2)
     trainer(3, [snaps], limit_val_batches=1).fit(module, loader(items), loader(make_items(2, 2, seed=3)))
