@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 

@@ -315,7 +315,7 @@ class _CellRun:
             raise
 
     def stages(self, config_path: Path, fit_done: bool, same_config: bool, previous: dict) -> CellResult:
-        job, result, run_dir = self.job, self.result, self.run_dir
+        result, run_dir = self.result, self.run_dir
         env = self.env()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         where = f"attempt {result.attempts} on {result.node} ({result.device})"
