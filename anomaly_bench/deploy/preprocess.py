@@ -17,78 +17,39 @@ Pillow are needed. ``tests/deploy/test_preprocess.py`` pins both against the dat
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-# the datamodule's decompression-bomb limit and its environment variable (anomaly_bench.data.io)
-MAX_IMAGE_PIXELS_ENV = "ANOMALY_BENCH_MAX_IMAGE_PIXELS"
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+from anomaly_bench.data.decoding import DataError, decode_rgb
+
 RESIZE_BACKENDS = ("auto", "opencv", "numpy")
 
 
-class PreprocessError(ValueError):
+class PreprocessError(DataError):
     """An input image cannot be read or has an unusable shape; the message names it."""
 
 
 # ------------------------------------------------------------------------------------- decoding
-def _max_pixels() -> int:
-    value = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
-    try:
-        return int(value) if value else DEFAULT_MAX_IMAGE_PIXELS
-    except ValueError:
-        raise PreprocessError(f"${MAX_IMAGE_PIXELS_ENV}={value!r} must be a whole number of pixels") from None
-
-
-def _rgb_array(im: Image.Image) -> np.ndarray:
-    """A Pillow image of any common mode -> uint8 RGB [H, W, 3] (the datamodule's conversion)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im).astype(np.float32)
-        scale = 255.0 / 65535.0 if im.mode.startswith("I;16") else 255.0 / max(float(arr.max()), 1.0)
-        gray = np.clip(arr * scale, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.array(im)
-
-
 def decode(path: str | Path, size_hw: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode an image file to uint8 RGB, JPEGs in draft mode for ``size_hw``.
+    """Decode an image file to uint8 RGB exactly as the datamodule does (``data.decoding.decode_rgb``:
+    Pillow, JPEGs in draft mode for ``size_hw``, the same pixel limit).
 
     Args:
         path: the image file.
-        size_hw: the size it will be resized to (lets Pillow decode a large JPEG at 1/2..1/8
-            scale, as the datamodule does); None decodes at the native size.
+        size_hw: the size it will be resized to; None decodes at the native size.
 
     Returns:
         (uint8 RGB [h, w, 3] before resizing, (H, W) native size).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PreprocessError(f"image file not found: {path}")
-    limit = _max_pixels()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                native_w, native_h = im.size
-                if native_w * native_h > limit:
-                    raise PreprocessError(f"image {path} has {native_w}x{native_h} pixels, more than the limit "
-                                          f"of {limit}; set ${MAX_IMAGE_PIXELS_ENV} if the file is genuine")
-                if size_hw is not None and im.format == "JPEG":
-                    im.draft("RGB", (size_hw[1], size_hw[0]))
-                im.load()
-                array = _rgb_array(im)
+        return decode_rgb(path, size_hw)
     except PreprocessError:
         raise
-    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
-        raise PreprocessError(f"cannot decode image (unreadable or truncated): {path} ({err})") from None
-    return array, (native_h, native_w)
+    except DataError as err:
+        raise PreprocessError(str(err)) from None
 
 
 def as_rgb_array(image: Any, where: str = "image") -> np.ndarray:
