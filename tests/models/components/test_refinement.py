@@ -8,8 +8,8 @@ import torch
 from anomaly_bench.models.components.refinement import (
     box_blur,
     box_pooled_max,
+    distance_map_and_score,
     feature_distance,
-    official_scores,
     refine_features,
     refinement_similarity,
     scaled_kernel,
@@ -70,15 +70,15 @@ def test_box_filters_known_answers():
         box_blur(ones, 4)
 
 
-def test_scaled_kernels_and_official_scores():
+def test_scaled_kernels_and_distance_map_and_score():
     assert scaled_kernel(21, 224, odd=True) == 21 and scaled_kernel(32, 224) == 32
     assert scaled_kernel(21, 64, odd=True) == 7 and scaled_kernel(32, 64) == 9
     distance = torch.zeros(2, 4, 4)
     distance[1, 1, 2] = 10.0
-    amap, score = official_scores(distance, (32, 32))
+    amap, score = distance_map_and_score(distance, (32, 32))
     assert amap.shape == (2, 32, 32)
     assert score[0].item() == 0.0 and score[1].item() > 0.0
-    _, plain = official_scores(distance, (31, 31), image_score="max", blur_pixel_map=False)  # cell 2 -> pixel 20
+    _, plain = distance_map_and_score(distance, (31, 31), image_score="max", blur_anomaly_map=False)  # cell 2 -> pixel 20
     assert plain[1].item() == pytest.approx(10.0)
     with pytest.raises(ValueError, match="image_score"):
-        official_scores(distance, (32, 32), image_score="median")
+        distance_map_and_score(distance, (32, 32), image_score="median")
