@@ -28,18 +28,20 @@ from anomaly_bench.data import MVTecLOCO
 from anomaly_bench.data.synthetic import write_dataset
 from anomaly_bench.models.patchdiff import PatchDiffGRAD
 
-FUSIONS = [("pixel_standardized_sum", "max_of_map"), ("standardized_sum", "sum_of_max"), ("sum", "max_of_map")]
+FUSIONS = [("pixel_deviation_sum", "max_of_map"), ("pixel_standardized_sum", "max_of_map"),
+           ("standardized_sum", "sum_of_max"), ("sum", "max_of_map")]
 GROUPS = ("logical_anomalies", "structural_anomalies")
 
 
 def fit(config: Path, root: Path, work: Path) -> tuple[PatchDiffGRAD, MVTecLOCO, float]:
     spec = yaml.safe_load(config.read_text())
     model_args = dict(spec["model"]["init_args"])
-    model_args.update(evaluator=False, visualizer=False, generated_dir=str(work / "generated"))
+    model_args.update(generated_dir=str(work / "generated"))
     data_args = dict(spec["data"]["init_args"])
     data_args.update(root=str(root), category="all", num_workers=0)
     torch.manual_seed(int(spec.get("seed_everything", 0)))
     model = PatchDiffGRAD(**model_args)
+    model.configure_callbacks = list  # scores are computed here, no run folder
     data = MVTecLOCO(**data_args)
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1_000_000, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -64,7 +66,8 @@ def score(model: PatchDiffGRAD, data: MVTecLOCO) -> dict[str, dict[str, float]]:
     for batch in data.test_dataloader():
         for i, category in enumerate(batch.category):
             image = batch.image[i:i + 1]
-            scores = [float(model.model_for(category)(image, 1.0, fusion, rule)[1]) for fusion, rule in FUSIONS]
+            scores = [float(model.model.category(category).score(image, 1.0, fusion, rule).pred_score)
+                      for fusion, rule in FUSIONS]
             rows.append((category, Path(batch.path[i]).parent.name, int(batch.label[i]), scores))
     results: dict[str, dict[str, float]] = {}
     for f, (fusion, rule) in enumerate(FUSIONS):

@@ -10,7 +10,8 @@ from anomaly_bench.models.patchdiff.detector import (
     gaussian_blur,
     patch_map_to_image,
 )
-from anomaly_bench.models.patchdiff.torch_model import PIXEL_STD_FLOOR, DetectorSpec, PatchDiffGRADModel
+from anomaly_bench.models.patchdiff.fusion import PIXEL_STD_FLOOR
+from anomaly_bench.models.patchdiff.torch_model import DetectorSpec, PatchDiffCategoryModel
 
 
 def test_detector_matches_table_8():
@@ -75,29 +76,29 @@ def test_gaussian_blur_preserves_mass_and_smooths():
 def test_multi_detector_scoring_uses_each_input_size():
     specs = [DetectorSpec(256, [5, 9, 13]), DetectorSpec(128, [5, 9, 13]), DetectorSpec(64, [9, 13, 17])]
     assert [s.name for s in specs] == ["level34", "level68", "level136"]
-    model = PatchDiffGRADModel(specs, generator_channels=4, detector_width=0.0625)
+    model = PatchDiffCategoryModel(specs, generator_channels=4, detector_width=0.0625)
     assert model.levels == [5, 9, 13, 17]
     images = torch.rand(2, 3, 256, 256) * 2 - 1
-    maps, maxima = model.detector_maps(images)
-    assert [m.shape for m in maps] == [(2, 256, 256)] * 3
-    fused, score = model(images)
-    assert fused.shape == (2, 256, 256) and score.shape == (2,)
+    placed = model.placed_maps(images)
+    assert [m.shape for m, _ in placed] == [(2, 256, 256), (2, 128, 128), (2, 64, 64)]
+    out = model(images)
+    assert out.anomaly_map.shape == (2, 256, 256) and out.pred_score.shape == (2,)
     model.compute_fusion_stats(images)
     assert bool(model.fusion_ready)
-    fused_std, score_std = model(images, fusion="standardized_sum")
-    assert torch.isfinite(fused_std).all() and torch.isfinite(score_std).all()
+    standardized = model.score(images, map_fusion="standardized_sum")
+    assert torch.isfinite(standardized.anomaly_map).all() and torch.isfinite(standardized.pred_score).all()
 
 
 def test_pixel_statistics_and_pixel_fusion_by_hand():
     specs = [DetectorSpec(64, [5], "a"), DetectorSpec(48, [5], "b")]
     torch.manual_seed(0)
-    model = PatchDiffGRADModel(specs, generator_channels=4, detector_width=0.0625).eval()
+    model = PatchDiffCategoryModel(specs, generator_channels=4, detector_width=0.0625).eval()
     with torch.no_grad():  # random init gives near-constant logits; spread them well above the std floor
         for detector in model.detectors:
             detector.classifier.weight.mul_(1e4)
     normals = torch.rand(5, 3, 64, 80) * 2 - 1
     model.compute_fusion_stats(normals, chunk=2)  # chunks must not change the statistics
-    aligned = model.aligned_maps(normals)
+    aligned = model.placed_maps(normals)
     for d, (maps, _) in enumerate(aligned):
         mean, std = model.pixel_stats(d)
         assert mean.shape == (specs[d].input_size,) * 2
@@ -107,15 +108,15 @@ def test_pixel_statistics_and_pixel_fusion_by_hand():
     test = torch.rand(2, 3, 64, 80) * 2 - 1
     expected_map = torch.zeros(2, 64, 80)
     expected_max = torch.zeros(2)
-    for d, (maps, _) in enumerate(model.aligned_maps(test)):
+    for d, (maps, _) in enumerate(model.placed_maps(test)):
         mean, std = model.pixel_stats(d)
         z = (maps - mean) / std
         expected_max += z.flatten(1).amax(1)
         expected_map += F.interpolate(z[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0]
-    fused, score = model(test, blur_sigma=0.0, fusion="pixel_standardized_sum", image_score="sum_of_max")
-    torch.testing.assert_close(fused, expected_map, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(score, expected_max, rtol=1e-4, atol=1e-4)
-    _, score = model(test, blur_sigma=0.0, fusion="pixel_standardized_sum", image_score="max_of_map")
+    out = model.score(test, blur_sigma=0.0, map_fusion="pixel_standardized_sum", image_score="sum_of_max")
+    torch.testing.assert_close(out.anomaly_map, expected_map, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.pred_score, expected_max, rtol=1e-4, atol=1e-4)
+    score = model.score(test, blur_sigma=0.0, map_fusion="pixel_standardized_sum", image_score="max_of_map").pred_score
     torch.testing.assert_close(score, expected_map.flatten(1).amax(1), rtol=1e-4, atol=1e-4)
     state = model.state_dict()
     assert "pixel_stats_0" in state and state["pixel_stats_1"].shape == (2, 48, 48)

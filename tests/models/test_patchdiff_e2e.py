@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def _item(image: torch.Tensor, label: int, defect: str, i: int) -> dict:
 
 
 class ToyLoco(LightningDataModule):
-    categories = ["toy"]
+    categories: ClassVar[list[str]] = ["toy"]
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,15 +57,17 @@ TWO_DETECTORS = [{"input_size": SIZE, "levels": [5], "name": "level34"},
 
 
 def _model(tmp_path, **overrides) -> PatchDiffGRAD:
-    args = dict(
-        detectors=[{"input_size": SIZE, "levels": [5], "name": "level34"}],
-        generator_channels=8, generator_steps=6, generator_batch_size=4, sampler="ddim", sampling_steps=3,
-        samples_per_level=6, sampling_batch_size=6, detector_width=0.125, detector_steps=50,
-        patches_per_image=6, images_per_group=4, inner_steps=20, blur_sigma=1.0,
-        generated_dir=str(tmp_path / "generated"), evaluator=False, visualizer=False,
-    )
+    args = {
+        "detectors": [{"input_size": SIZE, "levels": [5], "name": "level34"}],
+        "generator_channels": 8, "generator_steps": 6, "generator_batch_size": 4, "sampler": "ddim", "sampling_steps": 3,
+        "samples_per_level": 6, "sampling_batch_size": 6, "detector_width": 0.125, "detector_steps": 50,
+        "patches_per_image": 6, "images_per_group": 4, "inner_steps": 20, "blur_sigma": 1.0,
+        "generated_dir": str(tmp_path / "generated"),
+    }
     args.update(overrides)
-    return PatchDiffGRAD(**args)
+    model = PatchDiffGRAD(**args)
+    model.configure_callbacks = list  # a bare model: no metrics, pictures or run folders
+    return model
 
 
 def _trainer(tmp_path, max_epochs: int) -> Trainer:
@@ -90,7 +93,7 @@ def _fit_and_check(tmp_path, **overrides) -> None:
     assert model.pipeline_done
     generated = sorted(os.listdir(tmp_path / "generated" / "toy" / "level_5"))
     assert generated == [f"{i:05d}.png" for i in range(6)]
-    assert bool(model.model_for("toy").fusion_ready)
+    assert bool(model.model.category("toy").fusion_ready)
     auroc = _image_auroc(model, data)
     assert auroc > 0.85, auroc
 
@@ -107,13 +110,13 @@ def test_fit_with_two_fused_detectors(tmp_path):
 def test_resume_continues_the_current_phase_and_reuses_samples(tmp_path):
     torch.manual_seed(0)
     data = ToyLoco()
-    small = dict(detectors=TWO_DETECTORS, generator_steps=2, detector_steps=8, inner_steps=2, patches_per_image=2)
+    small = {"detectors": TWO_DETECTORS, "generator_steps": 2, "detector_steps": 8, "inner_steps": 2, "patches_per_image": 2}
     model = _model(tmp_path, **small)
     # 2 ticks per epoch x 2 steps: generator (2 steps), sample (1), then 3 of the 8 detector steps
     trainer = _trainer(tmp_path, max_epochs=2)
     trainer.fit(model, datamodule=data)
     phase, step = (int(v) for v in model.phase_progress)
-    kinds = [p[0] for p in model.phases()]
+    kinds = [p.kind for p in model.phases()]
     assert kinds[phase] == "detectors" and 0 < step < 8
     ckpt = tmp_path / "mid.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -124,9 +127,9 @@ def test_resume_continues_the_current_phase_and_reuses_samples(tmp_path):
     seen: list[tuple[int, int]] = []
     original = resumed._detector_step
 
-    def spy(category):
+    def spy(phase, cursor):
         seen.append(tuple(int(v) for v in resumed.phase_progress))
-        original(category)
+        original(phase, cursor)
 
     resumed._detector_step = spy
     _trainer(tmp_path, max_epochs=100).fit(resumed, datamodule=data, ckpt_path=str(ckpt))
@@ -140,7 +143,7 @@ def test_forward_and_errors(tmp_path):
     out = model(torch.zeros(2, 3, SIZE, SIZE))
     assert out.anomaly_map.shape == (2, SIZE, SIZE) and out.pred_score.shape == (2,)
     with pytest.raises(KeyError, match="no model for category"):
-        model.model_for("other")
+        model.model.category("other")
     with pytest.raises(ValueError, match="beta_density"):
         _model(tmp_path, beta_density=0.0)
     with pytest.raises(ValueError, match="model.generator_coord_frequencies"):
@@ -155,12 +158,12 @@ def test_checkpoint_without_pixel_statistics_still_loads(tmp_path):
     old = _model(tmp_path, categories=["toy"], detectors=TWO_DETECTORS)
     state = {k: v for k, v in old.state_dict().items() if ".pixel_stats_" not in k}
     checkpoint = {"state_dict": state, "patchdiff_categories": ["toy"]}
-    new = _model(tmp_path, detectors=TWO_DETECTORS, fusion="pixel_standardized_sum")
+    new = _model(tmp_path, detectors=TWO_DETECTORS, map_fusion="pixel_standardized_sum")
     new.on_load_checkpoint(checkpoint)
     new.load_state_dict(checkpoint["state_dict"])  # strict: every buffer is there
-    mean, std = new.model_for("toy").pixel_stats(1)
+    mean, std = new.model.category("toy").pixel_stats(1)
     assert mean.shape == (40, 40) and torch.all(mean == 0) and torch.all(std == 1)
-    with pytest.raises(ValueError, match="model.fusion must be one of"):
-        _model(tmp_path, fusion="pixel")
+    with pytest.raises(ValueError, match="model.map_fusion must be one of"):
+        _model(tmp_path, map_fusion="pixel")
     with pytest.raises(ValueError, match="model.image_score must be one of"):
         _model(tmp_path, image_score="mean")

@@ -89,7 +89,7 @@ def patch_map_to_image(logit_map: Tensor, image_size: tuple[int, int],
     stride and padding with the border value by (patch - stride) / 2 on the top/left puts every
     window score over the centre of its window instead of stretching the map over the image.
     """
-    b, h, w = logit_map.shape
+    _, h, w = logit_map.shape
     up = F.interpolate(logit_map[:, None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)
     offset = (patch_size - stride) // 2
     pad_bottom = max(image_size[0] - h * stride - offset, 0)

@@ -14,11 +14,12 @@ each pixel over its channels instead (``PixelChannelNorm``), which keeps the win
 timestep enters as a per-image scale/shift, which is spatially constant and so adds no spatial
 context. ``tests/models/test_patchdiff_generator.py`` proves the window with a gradient probe.
 
-The coordinate map enters through a per-pixel Fourier encoding (``coord_frequencies`` octaves of
-sin/cos next to the raw x, y). A small network fed raw coordinates learns only smooth functions of
-position (spectral bias), so cell borders, sockets and connector slots stay smeared over the image
-for thousands of steps; the encoding is pointwise, so the receptive field is unchanged.
-``coord_frequencies = 0`` feeds the raw 2-channel map.
+The coordinate map enters as the paper's raw 2-channel (x, y) map, or optionally through a
+per-pixel Fourier encoding (``coord_frequencies`` octaves of sin/cos next to the raw x, y). A small
+network fed raw coordinates learns only smooth functions of position (spectral bias), so cell
+borders, sockets and connector slots stay smeared over the image for thousands of steps; encoded
+coordinates give it sharp absolute position instead, which also lets it copy the global layout
+the paper wants it to disregard. The encoding is pointwise, so the receptive field is unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SamplerName = Literal["ddpm", "ddim"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 
 
 def coordinate_map(height: int, width: int, device: torch.device | str | None = None,
@@ -112,7 +114,7 @@ class PatchDiffDenoiser(nn.Module):
         coord_frequencies: octaves of the Fourier encoding of the coordinates (0 = raw map).
     """
 
-    def __init__(self, level: int, channels: int = 64, coord_channels: int = 2, coord_frequencies: int = 6) -> None:
+    def __init__(self, level: int, channels: int = 64, coord_channels: int = 2, coord_frequencies: int = 0) -> None:
         super().__init__()
         if level < 1 or level % 2 == 0:
             raise ValueError(f"PatchDiff level must be an odd integer >= 1 (e.g. 5, 9, 13, 17), got {level}")
@@ -150,13 +152,13 @@ class PatchDiffDenoiser(nn.Module):
         return self.head(F.silu(self.out_norm(h)))
 
 
-def make_scheduler(kind: SamplerName = "ddpm", num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+def make_scheduler(kind: SamplerName = "ddpm", num_train_timesteps: int = 1000, beta_schedule: BetaSchedule = "linear",
                    beta_start: float = 1e-4, beta_end: float = 0.02, clip_sample: bool = True):
     """A diffusers scheduler with the DDPM paper's schedule (T=1000, linear 1e-4..0.02 by default)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                  beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample)
+    common = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
+              "beta_start": beta_start, "beta_end": beta_end, "clip_sample": clip_sample}
     if kind == "ddpm":
         return DDPMScheduler(**common)
     if kind == "ddim":
@@ -165,15 +167,32 @@ def make_scheduler(kind: SamplerName = "ddpm", num_train_timesteps: int = 1000, 
 
 
 class PatchDiff(nn.Module):
-    """One level-n PatchDiff: denoiser + DDPM training loss with global tiny noise + samplers."""
+    """One level-n PatchDiff: denoiser + DDPM training loss with global tiny noise + samplers.
+
+    Args:
+        level: receptive field n of the denoiser in pixels (odd; the paper uses 5, 9, 13 and 17).
+        channels: width of every layer of the denoiser (the paper does not say; 64).
+        num_train_timesteps: diffusion steps T of the DDPM schedule (paper: 1000).
+        beta_schedule: diffusers name of the noise schedule (DDPM's ``linear`` by default).
+        beta_start: noise variance beta_1 of the first timestep (DDPM: 1e-4).
+        beta_end: noise variance beta_T of the last timestep (DDPM: 0.02).
+        global_noise_std: sigma_g of the paper's global tiny noise: one random colour offset per
+            training image, the same at every pixel, added to the noised input (paper: 0.02).
+        clip_sample: clip the predicted clean image to [-1, 1] at every sampling step (diffusers).
+        coord_frequencies: octaves of the sin/cos encoding of the coordinate map (0 = the raw map).
+    """
 
     def __init__(self, level: int, channels: int = 64, num_train_timesteps: int = 1000,
-                 beta_schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
-                 global_noise_std: float = 0.02, clip_sample: bool = True, coord_frequencies: int = 6) -> None:
+                 beta_schedule: BetaSchedule = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
+                 global_noise_std: float = 0.02, clip_sample: bool = True, coord_frequencies: int = 0) -> None:
         super().__init__()
+        if num_train_timesteps < 1:
+            raise ValueError(f"model.num_train_timesteps must be >= 1, got {num_train_timesteps}")
+        if channels < 1:
+            raise ValueError(f"model.generator_channels must be >= 1, got {channels}")
         self.denoiser = PatchDiffDenoiser(level, channels, coord_frequencies=coord_frequencies)
-        self.schedule_kwargs = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                    beta_start=beta_start, beta_end=beta_end, clip_sample=clip_sample)
+        self.schedule_kwargs = {"num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
+                                "beta_start": beta_start, "beta_end": beta_end, "clip_sample": clip_sample}
         self.global_noise_std = global_noise_std
         train_sched = make_scheduler("ddpm", **self.schedule_kwargs)
         self.register_buffer("alphas_cumprod", train_sched.alphas_cumprod.clone().float(), persistent=False)

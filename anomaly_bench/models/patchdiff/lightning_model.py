@@ -1,111 +1,138 @@
-"""PatchDiffGRAD: the whole pipeline of paper 003 inside one ``anomaly-bench fit``.
+"""PatchDiffGRAD: the whole pipeline of paper 003 inside one ``anomaly-bench fit`` (training glue).
 
-Training is a fixed sequence of phases, per category (sorted by name):
-
-    generator:<level>  train one PatchDiff per level (skipped when its samples already exist)
-    sample:<level>     draw ``samples_per_level`` images into <run dir>/generated/<category>/level_<n>/
-    detectors          train every detector of the category together, one step each per tick
-    stats              per-detector statistics on training normals, for fusing several maps
-
-The training dataloader only supplies the normal training images: they are read once at the
-start of fit into a uint8 bank per category (that also rebuilds it after a resume), and each
-``training_step`` is a *tick* that performs ``inner_steps`` optimisation steps of the current
-phase. The phase index and step are buffers, so a checkpoint resumes the right phase; when the
-last phase ends the module sets ``trainer.should_stop``. Optimisation is manual: every
-generator and detector owns an AdamW whose one-cycle learning rate is set per step.
+Training runs the fixed sequence of phases of ``phases.py`` (generators -> samples -> detectors ->
+statistics, per category) with manual optimisation: each ``training_step`` is a *tick* of
+``inner_steps`` steps of the current phase, every generator and detector has its own AdamW (looked
+up by name) whose one-cycle learning rate is set per step, and the module stops the trainer when the
+last phase ends. The training dataloader is read once, at the start of fit, into a bank of normal
+images per category (``training_data.py``). Inference is ``PatchDiffGRADModel``'s.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import zlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from anomaly_bench.models.base import AnomalyModule
-from anomaly_bench.models.patchdiff import storage
-from anomaly_bench.models.patchdiff.patches import augment, make_patch_batch, resolve_augmentation
-from anomaly_bench.models.patchdiff.regularizers import feature_regularizer, gradient_penalty
-from anomaly_bench.models.patchdiff.reweighting import reweight, reweighted_bce
-from anomaly_bench.models.patchdiff.schedule import one_cycle_lr
-from anomaly_bench.models.patchdiff.torch_model import (
-    FUSIONS,
-    IMAGE_SCORES,
-    PAPER_DETECTORS_MVTEC,
-    DetectorSpec,
-    PatchDiffGRADModel,
-    resize,
+from anomaly_bench.models.patchdiff import phases, storage
+from anomaly_bench.models.patchdiff.generator import coordinate_map
+from anomaly_bench.models.patchdiff.objective import DetectorObjective
+from anomaly_bench.models.patchdiff.patches import (
+    crops_with_coordinates,
+    make_patch_batch,
+    resolve_augmentation,
 )
-from anomaly_bench.types import LABEL_NORMAL, AnomalyOutput, Batch
+from anomaly_bench.models.patchdiff.phases import Phase, PhaseCursor
+from anomaly_bench.models.patchdiff.reweighting import FeatureMemoryBank
+from anomaly_bench.models.patchdiff.schedule import one_cycle_lr
+from anomaly_bench.models.patchdiff.torch_model import PatchDiffGRADModel
+from anomaly_bench.models.patchdiff.training_data import (
+    CategoryTrainingImages,
+    DetectorImages,
+    collect_normal_images,
+    detail_energy,
+    draw_augmented,
+    draw_images,
+    resized_uint8,
+)
+from anomaly_bench.types import AnomalyOutput, Batch
 
 log = logging.getLogger(__name__)
 
-PHASE_GENERATOR, PHASE_SAMPLE, PHASE_DETECTORS, PHASE_STATS = "generator", "sample", "detectors", "stats"
+# where torch keeps the categories of PatchDiffGRADModel (its get_extra_state) in our state dict
+CATEGORIES_STATE_KEY = "model._extra_state"
+# 0.1 checkpoints listed the categories under this top-level key
+LEGACY_CATEGORIES_KEY = "patchdiff_categories"
+# generated images with less of the normals' fine detail than this get a warning: at 0.70 (synthetic
+# granite, demo config) the detector scored thin scratches lower than the texture around them
+DETAIL_WARNING_RATIO = 0.85
 
 
-def _module_key(category: str) -> str:
-    """ModuleDict keys may not contain dots; category names keep their meaning otherwise."""
-    return re.sub(r"[^0-9A-Za-z_\-]", "_", category) or "_"
+def _set_lr(optimizer: LightningOptimizer | torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def sample_seed(category: str, level: int, start: int, samples_per_level: int) -> int:
+    """Seed of the sampling chunk starting at image ``start``: a resumed run redraws exactly the same images."""
+    return zlib.crc32(f"{category}/{level}/{start}".encode()) + int(samples_per_level)
 
 
 class PatchDiffGRAD(AnomalyModule):
-    """PatchDiff GRAD (Dai et al., AAAI 2024). Every default is the paper's value or, where the
-    paper is silent, our documented choice (see ``anomaly_bench/models/patchdiff/README.md``).
+    """PatchDiff GRAD (Dai et al., AAAI 2024): generate contrastive images with local diffusion models,
+    then train reweighted patch-level detectors. Every default is the paper's value or, where the
+    paper is silent, our documented choice (``anomaly_bench/models/patchdiff/README.md``).
 
-    Args (grouped):
-        detectors: list of ``{input_size, levels, name}``; default the MVTec AD setting (one
-            level-34 detector at 256 px with PatchDiff levels 5, 9, 13). LOCO: three detectors.
-        categories: category names to build models for; None = the datamodule's categories.
-        generator_*: PatchDiff width, image size (None = data size), steps, batch, optimiser,
-            optional random-crop training (exact for a local model up to border effects),
-            octaves of the Fourier encoding of the coordinate map (0 = the raw map).
-        num_train_timesteps, beta_*: the DDPM schedule (diffusers ``DDPMScheduler``).
-        global_noise_std: sigma_g of the per-image colour offset added to the noised input.
-        sampler / sampling_steps: ``ddpm`` (ancestral, T steps) or ``ddim``; samples_per_level.
-        generated_dir: where samples go; None = ``<trainer.default_root_dir>/generated``.
-        detector_width: 1.0 = the paper's Table 8 network; smaller only for CPU tests/demos.
-        detector_steps / detector_epochs: detector length; epochs count passes over the normal
-            images in groups of ``images_per_group`` (paper: 2000 epochs).
-        images_per_group, patches_per_image: 4 images x 32 patches = 128 patches per kind.
-        beta_density, memory_bank_size, noisy/tail_reweighting, feature_regularizer,
-            gradient_penalty, alpha_feat, alpha_grad, dae_*_noise: the detector's loss.
-        augmentations: per-category overrides of the paper's Tables 5-6 (``default`` key too).
-        blur_sigma, fusion, image_score: scoring.
-        inner_steps: optimisation steps per dataloader batch (fewer epochs, fewer checkpoints).
+    The detectors, the generators' architecture and the scoring belong to ``PatchDiffGRADModel``
+    (passed through ``**model_options``); the options here only shape training.
+
+    Args:
+        generator_image_size: side in pixels of the images each PatchDiff is trained on and samples;
+            null = the data's size. The paper does not say (configs: 256).
+        generator_steps: optimisation steps of each PatchDiff (paper: 10 000).
+        generator_batch_size: images per PatchDiff step (the paper does not say; 16).
+        generator_lr: peak one-cycle learning rate of the PatchDiff AdamW (paper: 1e-3).
+        generator_weight_decay: AdamW weight decay of the PatchDiffs (paper: 1e-4).
+        generator_crop_size: train each PatchDiff on one random crop of this size per image, with the
+            crop's part of the full-image coordinate map (exact for a local model away from the
+            borders, much cheaper); null = whole images.
+        sampler: ``ddpm`` = ancestral sampling over every training timestep (the paper), ``ddim`` =
+            deterministic DDIM with ``sampling_steps`` steps (about 20x faster at 50 steps).
+        sampling_steps: denoising steps per sample; null = all timesteps for ``ddpm``, 50 for ``ddim``.
+        samples_per_level: contrastive images drawn per PatchDiff level and category (paper: 1 000).
+        sampling_batch_size: images denoised together while sampling (memory, not results).
+        generated_dir: folder of the generated images; null = ``<trainer.default_root_dir>/generated``.
+        detector_steps: optimisation steps of each detector; null = ``detector_epochs`` epochs.
+        detector_epochs: detector length in passes over the normal images in groups of
+            ``images_per_group`` (paper: 2 000 epochs).
+        images_per_group: normal images per detector step, and generated images per level (paper: 4).
+        patches_per_image: random 34 x 34 patches cut from each image (paper: 32, so 128 per kind).
+        detector_lr: peak one-cycle learning rate of the detector AdamW (paper: 1e-3).
+        detector_weight_decay: AdamW weight decay of the detectors (the paper does not say; 1e-4).
+        memory_bank_size: features kept per memory bank, one positive and one negative bank per
+            detector (paper: 512).
+        beta_density: bandwidth of the cosine-similarity density kernel of the reweighting (the
+            paper does not give it; 5).
+        noisy_reweighting: down-weight generated patches whose features look normal (Eq. 1).
+        tail_reweighting: down-weight patches from dense regions of their own class (Eq. 2).
+        feature_regularizer: add the denoising-autoencoder feature loss L_feat (Eq. 5).
+        gradient_penalty: add the input-gradient penalty on normal patches L_grad (Eq. 6).
+        alpha_feat: weight alpha_1 of L_feat (the paper does not give it; 1.0).
+        alpha_grad: weight alpha_2 of L_grad (the paper does not give it; 0.1).
+        dae_input_noise: std of the Gaussian noise on the patches fed to the DAE regulariser.
+        dae_feature_noise: std of the Gaussian noise on the features fed to the DAE head.
+        augmentations: per-category overrides of the paper's Tables 5-6 augmentations, keyed by
+            category name or ``default`` (e.g. ``{bottle: {vflip: false}}``); null = the tables.
+        inner_steps: optimisation steps per dataloader batch (fewer epochs and checkpoints).
+        **model_options: the options of ``PatchDiffGRADModel`` (categories) and of every
+            ``PatchDiffCategoryModel`` (detectors, generator architecture, diffusion schedule, scoring).
     """
 
     input_normalization = "minus_one_one"  # PatchDiff and the detectors both work in [-1, 1]
     default_image_size = 256
+    option_renames: ClassVar[dict[str, str]] = {"fusion": "map_fusion"}
+    state_dict_renames: ClassVar[list[tuple[str, str]]] = [("category_models.", "model.category_models.")]
 
     def __init__(
         self,
-        detectors: list[dict[str, Any]] | None = None,
-        categories: list[str] | None = None,
-        generator_channels: int = 64,
         generator_image_size: int | None = None,
         generator_steps: int = 10_000,
         generator_batch_size: int = 16,
         generator_lr: float = 1e-3,
         generator_weight_decay: float = 1e-4,
         generator_crop_size: int | None = None,
-        generator_coord_frequencies: int = 6,
-        num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        global_noise_std: float = 0.02,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
         samples_per_level: int = 1000,
         sampling_batch_size: int = 50,
         generated_dir: str | None = None,
-        detector_width: float = 1.0,
         detector_steps: int | None = None,
         detector_epochs: float = 2000.0,
         images_per_group: int = 4,
@@ -123,156 +150,88 @@ class PatchDiffGRAD(AnomalyModule):
         dae_input_noise: float = 0.1,
         dae_feature_noise: float = 0.1,
         augmentations: dict[str, dict[str, Any]] | None = None,
-        blur_sigma: float = 4.0,
-        fusion: Literal["pixel_standardized_sum", "standardized_sum", "sum"] = "pixel_standardized_sum",
-        image_score: Literal["sum_of_max", "max_of_map"] = "max_of_map",
         inner_steps: int = 1,
-        evaluator: Callback | bool = True,
-        visualizer: Callback | bool = True,
+        **model_options: Any,
     ) -> None:
-        super().__init__(evaluator=evaluator, visualizer=visualizer)
-        self.save_hyperparameters(ignore=["evaluator", "visualizer"])
+        super().__init__()
+        self.save_hyperparameters()
+        self._check_training_options()
         self.automatic_optimization = False
-        specs = detectors if detectors is not None else [vars(s).copy() for s in PAPER_DETECTORS_MVTEC]
-        self.detector_specs = [DetectorSpec.parse(s, f"model.detectors[{i}]") for i, s in enumerate(specs)]
-        self._check_args()
-        self.category_models = torch.nn.ModuleDict()
-        self.categories: list[str] = []
-        # phase_progress = (phase index, step inside the phase): restored with the state dict.
+        self.model = PatchDiffGRADModel(**model_options)
+        self.objective = DetectorObjective(beta_density, noisy_reweighting, tail_reweighting, feature_regularizer,
+                                           gradient_penalty, alpha_feat, alpha_grad, dae_input_noise, dae_feature_noise)
+        # (phase index, step inside the phase): restored with the state dict, so a resume continues the phase
         self.register_buffer("phase_progress", torch.zeros(2, dtype=torch.long))
-        if categories:
-            self._build(list(categories))
-        self._normal_bank: dict[str, Tensor] = {}
-        self._detector_data: dict[str, Any] | None = None
+        self._normal_images: dict[str, Tensor] = {}
+        self._detector_images: CategoryTrainingImages | None = None
+        # memory banks hold no learned state (refilled within a few steps after a resume): not saved
+        self._memory_banks: dict[tuple[str, int], tuple[FeatureMemoryBank, FeatureMemoryBank]] = {}
+        self._optimizer_index: dict[str, int] = {}
 
-    # ---------------------------------------------------------------------------- construction
-    def _check_args(self) -> None:
+    def _check_training_options(self) -> None:
         hp = self.hparams
-        positive = ["generator_channels", "generator_steps", "generator_batch_size", "samples_per_level",
-                    "sampling_batch_size", "images_per_group", "patches_per_image", "memory_bank_size",
-                    "inner_steps", "num_train_timesteps"]
-        for name in positive:
+        for name in ("generator_steps", "generator_batch_size", "samples_per_level", "sampling_batch_size",
+                     "images_per_group", "patches_per_image", "memory_bank_size", "inner_steps"):
             if int(hp[name]) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {hp[name]}")
         if hp.beta_density <= 0:
             raise ValueError(f"model.beta_density must be > 0 (kernel bandwidth), got {hp.beta_density}")
         if hp.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"model.sampler must be 'ddpm' or 'ddim', got {hp.sampler!r}")
-        if hp.fusion not in FUSIONS:
-            raise ValueError(f"model.fusion must be one of {FUSIONS}, got {hp.fusion!r}")
-        if hp.image_score not in IMAGE_SCORES:
-            raise ValueError(f"model.image_score must be one of {IMAGE_SCORES}, got {hp.image_score!r}")
-        if int(hp.generator_coord_frequencies) < 0:
-            raise ValueError(f"model.generator_coord_frequencies must be >= 0, got {hp.generator_coord_frequencies}")
         if hp.detector_steps is not None and hp.detector_steps < 1:
             raise ValueError(f"model.detector_steps must be >= 1 or null, got {hp.detector_steps}")
 
-    def _build(self, categories: list[str]) -> None:
-        hp = self.hparams
-        gen_kwargs = dict(num_train_timesteps=hp.num_train_timesteps, beta_schedule=hp.beta_schedule,
-                          beta_start=hp.beta_start, beta_end=hp.beta_end, global_noise_std=hp.global_noise_std,
-                          coord_frequencies=hp.generator_coord_frequencies)
-        keys = [_module_key(c) for c in categories]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"category names {categories} collide after sanitising to module keys {keys}")
-        self.categories = sorted(categories)
-        for category in self.categories:
-            self.category_models[_module_key(category)] = PatchDiffGRADModel(
-                self.detector_specs, hp.generator_channels, gen_kwargs, hp.memory_bank_size, hp.detector_width)
-
+    # ---------------------------------------------------------------------------- categories
     def setup(self, stage: str) -> None:
-        if self.categories:
+        if self.model.categories:
             return
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         categories = list(getattr(datamodule, "categories", None) or [])
         if not categories:
             raise ValueError("PatchDiffGRAD needs its categories: set model.categories or use a datamodule "
                              "whose 'categories' property lists them after setup")
-        self._build(categories)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["patchdiff_categories"] = list(self.categories)
+        self.model.add_categories(categories)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("patchdiff_categories")
-        if saved and not self.categories:
-            self._build(list(saved))
-        elif saved and sorted(saved) != self.categories:
-            raise ValueError(f"checkpoint was trained on categories {sorted(saved)}, this model has {self.categories}")
-        self._fill_missing_pixel_stats(checkpoint.get("state_dict", {}))
+        super().on_load_checkpoint(checkpoint)  # renamed options and state-dict prefixes of 0.1
+        state = checkpoint.setdefault("state_dict", {})
+        saved = checkpoint.get(LEGACY_CATEGORIES_KEY) or (state.get(CATEGORIES_STATE_KEY) or {}).get("categories")
+        if saved:
+            if not self.model.categories:
+                self.model.add_categories(saved)
+            elif sorted(saved) != self.model.categories:
+                raise ValueError(f"checkpoint was trained on categories {sorted(saved)}, "
+                                 f"this model has {self.model.categories}")
+            state.setdefault(CATEGORIES_STATE_KEY, self.model.get_extra_state())
+        self._complete_statistics(state)
 
-    def _fill_missing_pixel_stats(self, state: dict[str, Tensor]) -> None:
-        """Checkpoints written before per-location statistics existed load with neutral ones (0, 1)."""
+    def _complete_statistics(self, state: dict[str, Tensor]) -> None:
+        """Checkpoints from before per-location statistics existed load with neutral ones (0, 1);
+        0.1 checkpoints stopped before the statistics phase stored zeros, which become neutral too."""
         own = self.state_dict()
         missing = [name for name in own if ".pixel_stats_" in name and name not in state]
         for name in missing:
             state[name] = own[name].clone()
         if missing:
             log.warning("PatchDiffGRAD: checkpoint has no per-location statistics (%d buffers); "
-                        "fusion 'pixel_standardized_sum' falls back to raw sums until they are recomputed",
+                        "the per-location map fusions fall back to raw sums until they are recomputed",
                         len(missing))
+        for name in own:
+            if name.endswith(".fusion_ready") and name in state and not bool(state[name]):
+                state[name.replace(".fusion_ready", ".fusion_stats")] = own[name.replace(".fusion_ready",
+                                                                                         ".fusion_stats")].clone()
 
-    def model_for(self, category: str) -> PatchDiffGRADModel:
-        key = _module_key(category)
-        if key not in self.category_models:
-            raise KeyError(f"PatchDiffGRAD has no model for category {category!r}; trained: {self.categories}")
-        return self.category_models[key]
+    # ------------------------------------------------------------------------------ the plan
+    def phases(self) -> list[Phase]:
+        """Every phase of this run in execution order (categories sorted by name)."""
+        return phases.plan({c: self.model.category(c).levels for c in self.model.categories})
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizers = []
-        for category in self.categories:
-            model = self.model_for(category)
-            for level in model.levels:
-                optimizers.append(torch.optim.AdamW(model.generators[str(level)].parameters(),
-                                                    lr=hp.generator_lr, weight_decay=hp.generator_weight_decay))
-            for det, head in zip(model.detectors, model.dae_heads):
-                params = list(det.parameters()) + list(head.parameters())
-                optimizers.append(torch.optim.AdamW(params, lr=hp.detector_lr, weight_decay=hp.detector_weight_decay))
-        return optimizers
-
-    def _optimizer_index(self, category: str, kind: str, which: int) -> int:
-        """Position of a generator (``which`` = level) or detector (``which`` = index) optimiser."""
-        index = 0
-        for cat in self.categories:
-            model = self.model_for(cat)
-            if cat == category:
-                if kind == "generator":
-                    return index + model.levels.index(which)
-                return index + len(model.levels) + which
-            index += len(model.levels) + len(model.detectors)
-        raise KeyError(category)
-
-    def _optimizer(self, index: int):
-        opts = self.optimizers()
-        return opts[index] if isinstance(opts, list) else opts
-
-    # ------------------------------------------------------------------------------ the phases
-    def phases(self) -> list[tuple[str, str, int]]:
-        """(kind, category, level or -1) in execution order."""
-        out: list[tuple[str, str, int]] = []
-        for category in self.categories:
-            levels = self.model_for(category).levels
-            out += [(PHASE_GENERATOR, category, level) for level in levels]
-            out += [(PHASE_SAMPLE, category, level) for level in levels]
-            out += [(PHASE_DETECTORS, category, -1), (PHASE_STATS, category, -1)]
-        return out
+    def cursor(self) -> PhaseCursor:
+        return PhaseCursor(self.phase_progress, self.phases())
 
     @property
     def pipeline_done(self) -> bool:
-        return int(self.phase_progress[0]) >= len(self.phases())
-
-    def current_phase(self) -> tuple[str, str, int] | None:
-        phases = self.phases()
-        index = int(self.phase_progress[0])
-        return phases[index] if index < len(phases) else None
-
-    def _advance(self) -> None:
-        self.phase_progress[0] += 1
-        self.phase_progress[1] = 0
-        nxt = self.current_phase()
-        log.info("PatchDiffGRAD: next phase %s", nxt if nxt else "done")
+        return self.cursor().done
 
     def generated_root(self) -> Path:
         if self.hparams.generated_dir:
@@ -284,223 +243,184 @@ class PatchDiffGRAD(AnomalyModule):
         hp = self.hparams
         if hp.detector_steps is not None:
             return int(hp.detector_steps)
-        n_images = self._normal_bank[category].shape[0]
+        n_images = self._normal_images[category].shape[0]
         return max(1, math.ceil(hp.detector_epochs * n_images / hp.images_per_group))
+
+    # ----------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        hp = self.hparams
+        named: dict[str, torch.optim.Optimizer] = {}
+        for category in self.model.categories:  # the order of 0.1 checkpoints' optimiser states
+            model = self.model.category(category)
+            for level in model.levels:
+                named[phases.generator_optimizer(category, level)] = torch.optim.AdamW(
+                    model.generators[str(level)].parameters(), lr=hp.generator_lr,
+                    weight_decay=hp.generator_weight_decay)
+            for spec, detector, head in zip(model.specs, model.detectors, model.dae_heads):
+                named[phases.detector_optimizer(category, spec.name)] = torch.optim.AdamW(
+                    [*detector.parameters(), *head.parameters()], lr=hp.detector_lr,
+                    weight_decay=hp.detector_weight_decay)
+        self._optimizer_index = {name: i for i, name in enumerate(named)}
+        return list(named.values())
+
+    def optimizer(self, name: str) -> LightningOptimizer:
+        """The optimiser called ``name`` (``phases.generator_optimizer`` / ``phases.detector_optimizer``)."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return optimizers[self._optimizer_index[name]]
 
     # ------------------------------------------------------------------------------- training
     def on_train_start(self) -> None:
-        self._collect_normal_images()
-        if self.pipeline_done:
-            self.trainer.should_stop = True
-
-    @torch.no_grad()
-    def _collect_normal_images(self) -> None:
-        """Read the normal training images once (uint8, CPU, per category)."""
         loader = self.trainer.train_dataloader
         if loader is None:
             raise RuntimeError("PatchDiffGRAD needs a training dataloader of normal images")
-        per_category: dict[str, list[Tensor]] = {c: [] for c in self.categories}
-        for batch in loader:
-            if not isinstance(batch, Batch):
-                raise TypeError(f"PatchDiffGRAD expects anomaly_bench.types.Batch from the dataloader, got {type(batch)}")
-            for image, label, category in zip(batch.image, batch.label, batch.category):
-                if int(label) != LABEL_NORMAL:
-                    continue
-                if category not in per_category:
-                    raise KeyError(f"training image of category {category!r}, but the model was built for {self.categories}")
-                per_category[category].append(storage.to_uint8(image[None])[0])
-        missing = [c for c, imgs in per_category.items() if not imgs]
-        if missing:
-            raise ValueError(f"no normal training images for categories {missing}")
-        self._normal_bank = {c: torch.stack(imgs) for c, imgs in per_category.items()}
+        self._normal_images = collect_normal_images(loader, self.model.categories)
+        if self.pipeline_done:
+            self.trainer.should_stop = True
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
+        cursor = self.cursor()
+        run = {phases.GENERATOR: self._generator_step, phases.SAMPLE: self._sample,
+               phases.DETECTORS: self._detector_step, phases.STATS: self._statistics}
         for _ in range(self.hparams.inner_steps):
-            phase = self.current_phase()
+            phase = cursor.current
             if phase is None:
                 self.trainer.should_stop = True
-                return None
-            kind, category, level = phase
-            if kind == PHASE_GENERATOR:
-                self._generator_step(category, level)
-            elif kind == PHASE_SAMPLE:
-                self._sample(category, level)
-                self._advance()
-            elif kind == PHASE_DETECTORS:
-                self._detector_step(category)
-            else:
-                self._fusion_stats(category)
-                self._detector_data = None
-                self._advance()
+                return
+            run[phase.kind](phase, cursor)
+            if cursor.current != phase:
+                log.info("PatchDiffGRAD: next phase %s", cursor.current or "done")
         self.log("train/phase", self.phase_progress[0].float(), prog_bar=True, batch_size=1)
-        return None
+        return
 
-    def _normal_batch(self, category: str, n: int, size: int | None) -> Tensor:
-        bank = self._normal_bank[category]
-        idx = torch.randint(0, bank.shape[0], (n,))
-        images = storage.to_float(bank[idx], self.device)
-        return resize(images, size) if size else images
+    def _samples_exist(self, phase: Phase) -> bool:
+        directory = storage.level_dir(self.generated_root(), phase.category, phase.level)
+        return storage.count_complete(directory, self.hparams.samples_per_level) >= self.hparams.samples_per_level
 
-    def _generator_step(self, category: str, level: int) -> None:
+    def _generator_step(self, phase: Phase, cursor: PhaseCursor) -> None:
         hp = self.hparams
-        if storage.count_complete(storage.level_dir(self.generated_root(), category, level),
-                                  hp.samples_per_level) >= hp.samples_per_level:
-            log.info("PatchDiffGRAD: samples for %s level %d exist; skipping its training", category, level)
-            self._advance()
+        if self._samples_exist(phase):
+            log.info("PatchDiffGRAD: samples for %s exist; skipping its training", phase)
+            cursor.advance()
             return
-        step = int(self.phase_progress[1])
-        generator = self.model_for(category).generators[str(level)]
-        optimizer = self._optimizer(self._optimizer_index(category, "generator", level))
-        for group in optimizer.param_groups:
-            group["lr"] = one_cycle_lr(step, hp.generator_steps, hp.generator_lr)
-        x0 = self._normal_batch(category, hp.generator_batch_size, hp.generator_image_size)
+        generator = self.model.category(phase.category).generators[str(phase.level)]
+        optimizer = self.optimizer(phases.generator_optimizer(phase.category, phase.level))
+        _set_lr(optimizer, one_cycle_lr(cursor.step, hp.generator_steps, hp.generator_lr))
+        images = draw_images(self._normal_images[phase.category], hp.generator_batch_size, self.device,
+                             hp.generator_image_size)
         coords = None
-        if hp.generator_crop_size and hp.generator_crop_size < x0.shape[-1]:
-            from anomaly_bench.models.patchdiff.generator import coordinate_map
-            from anomaly_bench.models.patchdiff.patches import random_crops
-
-            full = torch.cat([x0, coordinate_map(*x0.shape[-2:], self.device).expand(x0.shape[0], -1, -1, -1)], 1)
-            crops = random_crops(full, 1, hp.generator_crop_size)
-            x0, coords = crops[:, :3], crops[:, 3:]
-        loss = generator.training_loss(x0, coords)
+        if hp.generator_crop_size and hp.generator_crop_size < images.shape[-1]:
+            images, coords = crops_with_coordinates(images, hp.generator_crop_size)
+        loss = generator.training_loss(images, coords)
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        self.log("train/generator_loss", loss.detach(), prog_bar=True, batch_size=x0.shape[0])
-        self.phase_progress[1] += 1
-        if int(self.phase_progress[1]) >= hp.generator_steps:
-            self._advance()
+        self.log("train/generator_loss", loss.detach(), prog_bar=True, batch_size=images.shape[0])
+        cursor.count_step(hp.generator_steps)
 
     @torch.no_grad()
-    def _sample(self, category: str, level: int) -> None:
+    def _sample(self, phase: Phase, cursor: PhaseCursor) -> None:
         hp = self.hparams
-        directory = storage.level_dir(self.generated_root(), category, level)
+        directory = storage.level_dir(self.generated_root(), phase.category, phase.level)
         done = storage.count_complete(directory, hp.samples_per_level)
-        if done >= hp.samples_per_level:
-            return
-        size = hp.generator_image_size or int(self._normal_bank[category].shape[-1])
-        height = size if hp.generator_image_size else int(self._normal_bank[category].shape[-2])
-        generator_model = self.model_for(category).generators[str(level)]
-        log.info("PatchDiffGRAD: sampling %d images of %s level %d into %s",
-                 hp.samples_per_level - done, category, level, directory)
+        normals = self._normal_images[phase.category]
+        height = hp.generator_image_size or int(normals.shape[-2])
+        width = hp.generator_image_size or int(normals.shape[-1])
+        generator = self.model.category(phase.category).generators[str(phase.level)]
+        if done < hp.samples_per_level:
+            log.info("PatchDiffGRAD: sampling %d images of %s into %s", hp.samples_per_level - done, phase, directory)
         for start in range(done, hp.samples_per_level, hp.sampling_batch_size):
-            n = min(hp.sampling_batch_size, hp.samples_per_level - start)
+            count = min(hp.sampling_batch_size, hp.samples_per_level - start)
             rng = torch.Generator(device=self.device)
-            rng.manual_seed(zlib.crc32(f"{category}/{level}/{start}".encode()) + int(self.hparams.samples_per_level))
-            images = generator_model.sample(n, height, size, hp.sampler, hp.sampling_steps, self.device, rng)
+            rng.manual_seed(sample_seed(phase.category, phase.level, start, hp.samples_per_level))
+            images = generator.sample(count, height, width, hp.sampler, hp.sampling_steps, self.device, rng)
             storage.write_images(directory, start, images)
+        cursor.advance()
 
-    def _load_detector_data(self, category: str) -> dict[str, Any]:
-        """Normal and generated images resized once per detector (uint8, CPU)."""
-        if self._detector_data is not None and self._detector_data["category"] == category:
-            return self._detector_data
+    def _training_images(self, category: str) -> CategoryTrainingImages:
+        """Normal and generated images resized once per detector (uint8, CPU), kept for the phase.
+
+        Also measures how much fine detail the generated images have next to the normals: a generator
+        that draws smoother images than the data teaches the detector "smooth = anomalous" (README).
+        """
+        if self._detector_images is not None and self._detector_images.category == category:
+            return self._detector_images
         hp = self.hparams
-        model = self.model_for(category)
+        model = self.model.category(category)
         generated = {level: storage.read_images(storage.level_dir(self.generated_root(), category, level),
                                                 hp.samples_per_level) for level in model.levels}
-        per_detector = []
+        detectors = []
         for spec in model.specs:
-            def resized(images: Tensor) -> Tensor:
-                out = [storage.to_uint8(resize(storage.to_float(images[i:i + 64], self.device), spec.input_size))
-                       for i in range(0, images.shape[0], 64)]
-                return torch.cat(out)
-            per_detector.append({"normal": resized(self._normal_bank[category]),
-                                 "generated": [resized(generated[level]) for level in spec.levels]})
-        self._detector_data = {"category": category, "detectors": per_detector,
-                               "augmentation": resolve_augmentation(category, hp.augmentations)}
-        return self._detector_data
+            normal = resized_uint8(self._normal_images[category], spec.input_size, self.device)
+            reference = float(detail_energy(normal, self.device).mean())
+            images, ratios = [], []
+            for level in spec.levels:
+                resized = resized_uint8(generated[level], spec.input_size, self.device)
+                ratios.append(float(detail_energy(resized, self.device).mean()) / max(reference, 1e-12))
+                images.append(resized)
+            detectors.append(DetectorImages(normal, images, ratios))
+            log.info("PatchDiffGRAD: %s detector %s: generated/normal fine-detail ratio %s", category, spec.name,
+                     ", ".join(f"level {level} {r:.2f}" for level, r in zip(spec.levels, ratios)))
+            if min(ratios) < DETAIL_WARNING_RATIO:
+                log.warning("PatchDiffGRAD: %s: the generated images have %.2f of the normal images' fine detail at "
+                            "%d px; the detector may learn 'smooth = anomalous' and score sharp defects as normal. "
+                            "Train the PatchDiffs longer or sample with more steps (README)",
+                            category, min(ratios), spec.input_size)
+        self._detector_images = CategoryTrainingImages(category, detectors,
+                                                       resolve_augmentation(category, hp.augmentations))
+        return self._detector_images
 
-    def _detector_step(self, category: str) -> None:
+    def _banks(self, category: str, d: int) -> tuple[FeatureMemoryBank, FeatureMemoryBank]:
+        """The (positive, negative) memory banks of detector ``d`` of ``category``, created empty."""
+        key = (category, d)
+        if key not in self._memory_banks:
+            dim = self.model.category(category).detectors[d].feature_dim
+            self._memory_banks[key] = (FeatureMemoryBank(self.hparams.memory_bank_size, dim).to(self.device),
+                                       FeatureMemoryBank(self.hparams.memory_bank_size, dim).to(self.device))
+        return self._memory_banks[key]
+
+    def _detector_step(self, phase: Phase, cursor: PhaseCursor) -> None:
         hp = self.hparams
-        data = self._load_detector_data(category)
-        model = self.model_for(category)
-        step = int(self.phase_progress[1])
-        total = self.detector_total_steps(category)
-        lr = one_cycle_lr(step, total, hp.detector_lr)
-        aug = data["augmentation"]
-        for d, (spec, det) in enumerate(zip(model.specs, model.detectors)):
-            source = data["detectors"][d]
-            optimizer = self._optimizer(self._optimizer_index(category, "detector", d))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            def pick(images: Tensor, generated: bool) -> Tensor:
-                idx = torch.randint(0, images.shape[0], (hp.images_per_group,))
-                return augment(storage.to_float(images[idx], self.device), aug, generated)
-
-            coords = model.detector_input(torch.zeros(1, 3, spec.input_size, spec.input_size,
-                                                      device=self.device), spec)[0, 3:]
-            patches = make_patch_batch(pick(source["normal"], False), pick(source["normal"], False),
-                                       [pick(g, True) for g in source["generated"]], coords, hp.patches_per_image)
-            losses = self.detector_losses(model, d, patches.positives, patches.negatives)
+        data = self._training_images(phase.category)
+        model = self.model.category(phase.category)
+        total = self.detector_total_steps(phase.category)
+        lr = one_cycle_lr(cursor.step, total, hp.detector_lr)
+        for d, (spec, images) in enumerate(zip(model.specs, data.detectors)):
+            optimizer = self.optimizer(phases.detector_optimizer(phase.category, spec.name))
+            _set_lr(optimizer, lr)
+            normal_pos = draw_augmented(images.normal, hp.images_per_group, data.augmentation, False, self.device)
+            normal_neg = draw_augmented(images.normal, hp.images_per_group, data.augmentation, False, self.device)
+            generated = [draw_augmented(g, hp.images_per_group, data.augmentation, True, self.device)
+                         for g in images.generated]
+            coords = coordinate_map(spec.input_size, spec.input_size, self.device)
+            patches = make_patch_batch(normal_pos, normal_neg, generated, coords, hp.patches_per_image)
+            losses = self.objective.losses(model.detectors[d], model.dae_heads[d], self._banks(phase.category, d),
+                                           patches.positives, patches.negatives)
             optimizer.zero_grad()
             self.manual_backward(losses["loss"])
             optimizer.step()
             for name, value in losses.items():
                 self.log(f"train/{spec.name}/{name}", value.detach(), batch_size=patches.positives.shape[0])
-        self.phase_progress[1] += 1
-        if int(self.phase_progress[1]) >= total:
-            self._advance()
-
-    def detector_losses(self, model: PatchDiffGRADModel, d: int, positives: Tensor,
-                        negatives: Tensor) -> dict[str, Tensor]:
-        """L = L_RBCE + alpha_1 L_feat + alpha_2 L_grad for detector ``d`` (Eq. 7), updating its banks."""
-        hp = self.hparams
-        detector, head = model.detectors[d], model.dae_heads[d]
-        bank_pos, bank_neg = model.positive_banks[d], model.negative_banks[d]
-        patches = torch.cat([positives, negatives], dim=0)
-        features, logits = detector.forward_features(patches)
-        features, logits = features.flatten(1), logits.flatten()
-        n_pos = positives.shape[0]
-        weights = reweight(features[:n_pos], features[n_pos:], bank_pos.features, bank_neg.features,
-                           hp.beta_density, noisy=hp.noisy_reweighting, tail=hp.tail_reweighting)
-        out = {"rbce": reweighted_bce(logits[:n_pos], logits[n_pos:], weights)}
-        loss = out["rbce"]
-        if hp.feature_regularizer and hp.alpha_feat > 0:
-            out["feat"] = feature_regularizer(detector, head, patches, hp.dae_input_noise, hp.dae_feature_noise)
-            loss = loss + hp.alpha_feat * out["feat"]
-        if hp.gradient_penalty and hp.alpha_grad > 0:
-            out["grad"] = gradient_penalty(detector, positives)
-            loss = loss + hp.alpha_grad * out["grad"]
-        bank_pos.push(features[:n_pos])
-        bank_neg.push(features[n_pos:])
-        out["loss"] = loss
-        return out
+        cursor.count_step(total)
 
     @torch.no_grad()
-    def _fusion_stats(self, category: str) -> None:
-        model = self.model_for(category)
+    def _statistics(self, phase: Phase, cursor: PhaseCursor) -> None:
+        model = self.model.category(phase.category)
         was_training = model.training
         model.eval()
-        bank = self._normal_bank[category]
-        images = torch.cat([storage.to_float(bank[i:i + 32], self.device) for i in range(0, bank.shape[0], 32)])
-        model.compute_fusion_stats(images)
+        model.compute_fusion_stats(storage.to_float(self._normal_images[phase.category], self.device))
         model.train(was_training)
+        self._detector_images = None
+        for d in range(len(model.specs)):
+            self._memory_banks.pop((phase.category, d), None)
+        cursor.advance()
 
     def on_train_end(self) -> None:
         if not self.pipeline_done:
             log.warning("PatchDiffGRAD stopped before its pipeline finished (at phase %s); raise "
-                        "trainer.max_epochs / inner_steps or resume from the last checkpoint", self.current_phase())
+                        "trainer.max_epochs / inner_steps or resume from the last checkpoint", self.cursor().current)
 
     # ------------------------------------------------------------------------------ inference
-    def _score(self, category: str, images: Tensor) -> tuple[Tensor, Tensor]:
-        hp = self.hparams
-        return self.model_for(category)(images, hp.blur_sigma, hp.fusion, hp.image_score)
-
-    def forward(self, images: Tensor) -> AnomalyOutput:
-        if len(self.categories) != 1:
-            raise ValueError(f"PatchDiffGRAD.forward needs a single-category model (has {self.categories}); "
-                             "use score_batch(batch) so each image goes to its category's detectors")
-        return AnomalyOutput(*self._score(self.categories[0], images))
-
     def score_batch(self, batch: Batch) -> AnomalyOutput:
-        if len(self.categories) == 1:
-            return self(batch.image)
-        b, (h, w) = batch.image.shape[0], batch.image.shape[-2:]
-        maps = batch.image.new_zeros(b, h, w)
-        scores = batch.image.new_zeros(b)
-        for category in sorted(set(batch.category)):
-            idx = torch.tensor([i for i, c in enumerate(batch.category) if c == category], device=batch.image.device)
-            m, s = self._score(category, batch.image[idx])
-            maps[idx], scores[idx] = m.to(maps.dtype), s.to(scores.dtype)
-        return AnomalyOutput(maps, scores)
+        return self.model(batch.image, batch.category)
+

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly_bench.models.patchdiff.detector import PATCH_SIZE
+from anomaly_bench.models.patchdiff.generator import coordinate_map
 
 # Paper Tables 5 and 6: categories trained *without* flips (every other category uses both).
 _NO_FLIPS = {"cable", "capsule", "metal_nut", "pill", "breakfast_box", "juice_bottle"}
@@ -35,7 +36,7 @@ class AugmentationSpec:
     jitter_generated: float = 0.5
 
     @classmethod
-    def from_dict(cls, values: dict, where: str) -> "AugmentationSpec":
+    def from_dict(cls, values: dict, where: str) -> AugmentationSpec:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{where}: unknown augmentation keys {sorted(unknown)}; expected a subset of "
@@ -187,3 +188,12 @@ def make_patch_batch(normal_pos: Tensor, normal_neg: Tensor, generated: list[Ten
     gen = [random_crops(with_coords(g), per_image, size, generator) for g in generated]
     generated_patches = torch.cat(gen, dim=0) if gen else positives.new_zeros((0, *positives.shape[1:]))
     return PatchBatch(positives=positives, shuffled=shuffled, generated=generated_patches)
+
+
+def crops_with_coordinates(images: Tensor, size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One random size x size crop of each image [N,3,H,W] and the matching crop of the image's
+    coordinate map: a local generator trained on crops sees every window exactly as in the whole
+    image (up to border effects), at a fraction of the cost."""
+    coords = coordinate_map(*images.shape[-2:], images.device).expand(images.shape[0], -1, -1, -1)
+    crops = random_crops(torch.cat([images, coords], 1), 1, size, generator)
+    return crops[:, :3], crops[:, 3:]
