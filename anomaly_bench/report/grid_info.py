@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
+from anomaly_bench.data.synthetic.writer import SYNTHETIC_MARKER
 from anomaly_bench.report.collect import RunRecord
 
-SYNTHETIC_MARKER = "anomaly_bench_synthetic.json"
 GRID_FILE = "grid.yaml"
 REFERENCE_METHOD = "PatchCore"
 

@@ -37,8 +37,6 @@ def _wait_for(predicate, timeout=20.0, step=0.05):
 FAMILY = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    with open(sys.argv[1], "w") as fh:
-        fh.write(f"{os.getpid()} {helper.pid}")
     if sys.argv[2] == "polite":
         def bye(sig, frame):
             print("got", signal.Signals(sig).name, flush=True)
@@ -47,6 +45,10 @@ FAMILY = textwrap.dedent("""
         signal.signal(signal.SIGINT, bye)
     elif sys.argv[2] == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the pids go out only once the handlers are in place: the test signals as soon as it reads them
+    with open(sys.argv[1] + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()} {helper.pid}")
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
     time.sleep(120)
 """)
 

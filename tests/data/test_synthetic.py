@@ -156,3 +156,90 @@ def test_synth_main_cli(tmp_path, capsys):
     assert len(list((tmp_path / "weave" / "train" / "good").iterdir())) == 2
     with pytest.raises(SystemExit):
         synth_main(["--layout", "nope", "--root", str(tmp_path)])
+
+
+# ------------------------------------------------------------------ the held-out scene family
+HELDOUT = ("fabric", "granite", "washer", "pcb")
+
+
+def test_heldout_family_naming_counts_and_determinism(tmp_path):
+    kwargs = dict(size=64, train=2, test_good=2, per_defect=2, family="heldout")
+    summary = write_dataset("mvtec", tmp_path / "a", **kwargs)
+    write_dataset("mvtec", tmp_path / "b", **kwargs)
+    assert summary.categories == list(HELDOUT)
+    # the marker that tells reports and grids "a stand-in, no paper comparison"
+    from anomaly_bench.data.synthetic.writer import SYNTHETIC_MARKER
+    from anomaly_bench.report.grid_info import root_is_synthetic
+
+    marker = json.loads((tmp_path / "a" / SYNTHETIC_MARKER).read_text())
+    assert marker["family"] == "heldout" and marker["layout"] == "mvtec" and marker["counts"] == summary.counts
+    assert root_is_synthetic(str(tmp_path / "a")) and not root_is_synthetic(str(tmp_path))
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    expected = {"fabric": {"thin_scratch", "scratch"}, "granite": {"thin_scratch", "scratch"},
+                "washer": {"missing_hole", "dent"}, "pcb": {"shifted_part", "rotated_part"}}
+    for category, defects in expected.items():
+        counts = summary.counts[category]
+        assert counts["train/good"] == 2 and counts["test/good"] == 2
+        assert {k.split("/")[1] for k in counts if k.startswith("test/") and k != "test/good"} == defects
+        assert all(counts[f"test/{d}"] == 2 for d in defects)
+        for image in (tmp_path / "a" / category / "test").rglob("*.png"):
+            mask = tmp_path / "a" / category / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+            assert mask.is_file() == (image.parent.name != "good")
+    # the standard family is untouched by the new argument
+    write_dataset("mvtec", tmp_path / "c", size=64, train=2, test_good=2, per_defect=2)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["grid", "ring"]
+
+
+@pytest.mark.parametrize("category", HELDOUT)
+def test_heldout_masks_are_exactly_the_changed_pixels(category):
+    """Draw the same layout twice, once with the defect: the pixels that differ are inside the
+    mask, and most mask pixels differ (a moved part may overlap where it was)."""
+    from anomaly_bench.data.synthetic import heldout
+
+    kind = heldout.KINDS[category](category, 3)
+    for k, defect in enumerate(heldout.DEFECTS_OF_KIND[category] * 3):
+        layout = kind.sample_layout(np.random.default_rng(k), (128, 128))
+        clean = kind.draw(layout, np.random.default_rng(100 + k))
+        image, channels = kind.make_defect(defect, layout, np.random.default_rng(100 + k))
+        assert [name for name, _ in channels] == [defect]
+        mask = channels[0][1]
+        changed = np.abs(image - clean).max(axis=2) > 1e-3
+        assert mask.dtype == bool and mask.any()
+        assert not (changed & ~mask).any(), f"{category}/{defect}: pixels changed outside the mask"
+        # a turned or moved part covers part of its old footprint with the same body colour
+        least = 0.4 if defect.endswith("_part") else 0.6
+        assert changed[mask].mean() > least, f"{category}/{defect}: most of the mask is unchanged"
+        if defect in ("thin_scratch", "scratch"):  # 1-2 px wide: no 3x3 block is fully inside the mask
+            width = {"thin_scratch": 1, "scratch": 2}[defect]
+            core = cv2.erode(mask.astype(np.uint8), np.ones((width + 1, width + 1), np.uint8))
+            assert core.sum() <= 0.1 * mask.sum()
+            assert mask.sum() >= 0.18 * 128 * width
+
+
+def test_heldout_global_colour_statistics_do_not_separate_normal_from_anomalous(tmp_path):
+    write_dataset("mvtec", tmp_path, size=64, train=1, test_good=24, per_defect=12, family="heldout")
+    for category in HELDOUT:
+        good, bad = _global_stats(tmp_path / category, "test/good/*.png", "test/[!g]*/*.png")
+        labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+        images = good + bad
+        for name, values in {"gray_mean": [im.mean() for im in images], "gray_std": [im.mean(2).std() for im in images],
+                             **{f"mean_{c}": [im[..., i].mean() for im in images] for i, c in enumerate("rgb")}}.items():
+            auroc = roc_auc_score(labels, values)
+            assert abs(auroc - 0.5) <= 0.2, f"{category}: {name} separates normal from anomalous: AUROC {auroc:.3f}"
+
+
+def test_heldout_family_in_other_layouts_and_through_the_cli(tmp_path, capsys):
+    code = synth_main(["--layout", "goodsad", "--family", "heldout", "--root", str(tmp_path / "g"),
+                       "--categories", "washer", "pcb", "--size", "48", "--train", "2", "--test-good", "1",
+                       "--per-defect", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "washer" in out and "test/missing_hole 1" in out and "test/shifted_part 1" in out
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["pcb", "washer"]
+    assert all(p.suffix == ".jpg" for p in (tmp_path / "g" / "pcb" / "test").rglob("*.*"))
+    write_dataset("loco", tmp_path / "l", size=48, train=1, test_good=1, per_defect=1, family="heldout",
+                  categories=["fabric"])
+    assert (tmp_path / "l" / "fabric" / "test" / "structural_anomalies").is_dir()
+    with pytest.raises(ValueError, match="family must be one of"):
+        write_dataset("mvtec", tmp_path / "x", family="nope")
+    with pytest.raises(SystemExit):
+        synth_main(["--layout", "mvtec", "--family", "nope", "--root", str(tmp_path / "y")])

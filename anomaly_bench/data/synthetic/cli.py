@@ -6,7 +6,8 @@ import argparse
 from typing import Sequence
 
 from anomaly_bench.data.synthetic.writer import (
-    DEFAULT_PER_DEFECT, DEFAULT_SIZE, DEFAULT_TEST_GOOD, DEFAULT_TRAIN, DEFAULT_VALIDATION, LAYOUTS, write_dataset,
+    DEFAULT_PER_DEFECT, DEFAULT_SIZE, DEFAULT_TEST_GOOD, DEFAULT_TRAIN, DEFAULT_VALIDATION, FAMILIES, LAYOUTS,
+    write_dataset,
 )
 
 
@@ -17,8 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--layout", required=True, choices=LAYOUTS)
     parser.add_argument("--root", required=True, help="output folder (created if missing)")
+    parser.add_argument("--family", choices=FAMILIES, default="standard",
+                        help="scene family: standard (tests, demos, tuning) or heldout (fabric, granite, washer, "
+                             "pcb: only for judging methods on scenes their settings were not chosen on)")
     parser.add_argument("--categories", nargs="+", default=None,
-                        help="category names (a scene kind: weave grid wood ring board pins cables, or any name)")
+                        help="category names (a scene kind: weave grid wood ring board pins cables for the "
+                             "standard family, fabric granite washer pcb for heldout, or any name)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image height in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="training images per category")
@@ -35,6 +40,7 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     summary = write_dataset(
         args.layout, args.root, categories=args.categories, size=args.size, seed=args.seed,
         train=args.train, test_good=args.test_good, per_defect=args.per_defect, validation=args.validation,
+        family=args.family,
     )
     print(summary.describe())
     return 0

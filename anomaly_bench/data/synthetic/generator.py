@@ -127,6 +127,10 @@ class CategoryGenerator:
         images = []
         for i, defect in enumerate(plan):
             layout = self.kind.sample_layout(self.rng, self.hw)
-            image, channels = make_defect(self.kind, defect, layout, self.rng)
+            image, channels = self.draw_defect(defect, layout)
             images.append(SynthImage("test", defect, self._finish(image, z_mean[i], z_std[i]), channels))
         return images
+
+    def draw_defect(self, defect: str, layout) -> tuple[np.ndarray, list]:
+        """One anomalous image of ``defect`` on ``layout`` and its (name, mask) channels."""
+        return make_defect(self.kind, defect, layout, self.rng)

@@ -28,10 +28,17 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from anomaly_bench.data.synthetic import heldout
 from anomaly_bench.data.synthetic.generator import CategoryGenerator, SynthImage
 from anomaly_bench.data.synthetic.scenes import scene_for
 
 LAYOUTS = ("mvtec", "mpdd", "visa", "visa-raw", "goodsad", "loco")
+# "standard": the scenes of scenes.py / defects.py (tests, demos, tuning); "heldout": the scenes of
+# heldout.py, written only to judge methods on data their settings were not chosen on
+FAMILIES = ("standard", "heldout")
+# written at the root of every synthetic dataset: reports and grids read it to know the data is a
+# stand-in (no comparison with the papers' numbers)
+SYNTHETIC_MARKER = "anomaly_bench_synthetic.json"
 # which synthetic layout a datamodule class reads (VisA reads both "visa" and "visa-raw")
 LAYOUT_OF_DATAMODULE: dict[str, str] = {
     "MVTecAD": "mvtec", "MPDD": "mpdd", "VisA": "visa", "GoodsAD": "goodsad", "MVTecLOCO": "loco",
@@ -97,29 +104,53 @@ def write_dataset(
     test_good: int = DEFAULT_TEST_GOOD,
     per_defect: int = DEFAULT_PER_DEFECT,
     validation: int = DEFAULT_VALIDATION,
+    family: str = "standard",
 ) -> SynthSummary:
     """Write a seeded synthetic dataset in ``layout`` under ``root`` and return the counts.
 
-    ``size`` is the image height (and width, except LOCO where W = 1.25 H). ``validation`` is the
-    number of ``validation/good`` images (LOCO only). Same arguments -> byte-identical files.
+    Same arguments -> byte-identical files.
+
+    Args:
+        layout: the on-disk layout of a public dataset, one of ``LAYOUTS``.
+        root: output folder (created if missing).
+        categories: category names (default: the layout's two for ``standard``, the four held-out
+            scenes for ``heldout``); a scene name of the family or any name (a stable pick).
+        size: image height in pixels (and width, except LOCO where W = 1.25 H).
+        seed: seed of every random draw (scene constants, layouts, defects, noise).
+        train: training images per category.
+        test_good: normal test images per category.
+        per_defect: anomalous test images per defect type of a category.
+        validation: number of ``validation/good`` images per category (LOCO only).
+        family: which scenes are drawn: ``standard`` (tests, demos, choosing settings) or
+            ``heldout`` (fabric, granite, washer, pcb: only for judging, see ``heldout.py``).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if size < 32:
         raise ValueError(f"size must be >= 32 pixels, got {size}")
     if train < 1 or test_good < 0 or per_defect < 0 or validation < 0:
         raise ValueError("train must be >= 1 and test_good, per_defect, validation >= 0")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    categories = list(categories) if categories else list(DEFAULT_CATEGORIES[layout])
+    if categories:
+        categories = list(categories)
+    else:
+        categories = list(heldout.CATEGORIES if family == "heldout" else DEFAULT_CATEGORIES[layout])
     hw = (size, int(round(size * 1.25))) if layout == "loco" else (size, size)
     summary = SynthSummary(layout, root)
     generated: dict[str, tuple[list[SynthImage], list[str]]] = {}
     for category in categories:
-        kind = scene_for(category, seed, DEFAULT_KINDS.get(layout, tuple(DEFECTS_OF_KIND)))
-        defects = list(DEFECTS_OF_KIND[kind.name])
         rng = np.random.default_rng([seed, zlib.crc32(category.encode()), 7])
-        gen = CategoryGenerator(kind, hw, defects, rng)
+        if family == "heldout":
+            kind = heldout.heldout_scene(category, seed)
+            defects = list(heldout.DEFECTS_OF_KIND[kind.name])
+            gen: CategoryGenerator = heldout.HeldoutGenerator(kind, hw, defects, rng)
+        else:
+            kind = scene_for(category, seed, DEFAULT_KINDS.get(layout, tuple(DEFECTS_OF_KIND)))
+            defects = list(DEFECTS_OF_KIND[kind.name])
+            gen = CategoryGenerator(kind, hw, defects, rng)
         images = gen.normals("train", train)
         if layout == "loco":
             images += gen.normals("validation", validation)
@@ -130,6 +161,8 @@ def write_dataset(
         "visa": _write_visa_prepared, "visa-raw": _write_visa_raw, "loco": _write_loco,
     }[layout]
     writer(root, generated, summary)
+    marker = {"layout": layout, "family": family, "seed": seed, "size": size, "counts": summary.counts}
+    (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2))
     return summary
 
 

@@ -7,8 +7,9 @@ embeddings, the training noise schedule). ``source`` is
   (``unet/``, ``vae/``, ``text_encoder/`` + ``tokenizer/`` or a ``prompt_embeds.pt`` file);
   loaded with ``from_pretrained``; offline or missing weights raise ``DiffusionLoadError`` naming
   what was looked for;
-* ``"tiny"``: a small random-init ``UNet2DConditionModel`` on pixels (identity codec) or on a tiny
-  random ``AutoencoderKL`` (``tiny_vae=True``), for tests and CPU demos;
+* ``"tiny"``: a small random-init ``UNet2DConditionModel`` on pixels (identity codec), on pixels
+  folded into channels (``space_to_depth=f``: an exactly invertible f-times smaller grid) or on a
+  tiny random ``AutoencoderKL`` (``tiny_vae=True``), for tests and CPU demos;
 * ``"sd-v1-random"``: the Stable Diffusion v1 architecture with random weights, for speed and
   memory benchmarks where the real weights cannot be downloaded.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly_bench.models.components.weights import (
@@ -74,6 +76,33 @@ class VAECodec(nn.Module):
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+
+
+class SpaceToDepthCodec(nn.Module):
+    """Latent = pixels folded into channels: each f x f block of pixels becomes 3·f² channels of
+    one latent cell (``pixel_unshuffle``); decoding unfolds them (``pixel_shuffle``).
+
+    Exactly invertible, so a reconstruction keeps every pixel of the image, while the UNet works on
+    a grid f times smaller, as Stable Diffusion's UNet works on its VAE's 8-times smaller latents.
+    """
+
+    scaling_factor = 1.0
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        if int(factor) < 2:
+            raise ValueError(f"space_to_depth must be >= 2 for a folding codec, got {factor}")
+        self.factor = int(factor)
+
+    def encode(self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        h, w = images.shape[-2:]
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"space_to_depth={self.factor} needs image sides divisible by {self.factor}, "
+                             f"got {h}x{w}")
+        return F.pixel_unshuffle(images, self.factor)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return F.pixel_shuffle(latents, self.factor)
 
 
 @dataclass
@@ -158,15 +187,24 @@ def _random_prompt_embeds(tokens: int, dim: int, seed: int = 0) -> tuple[Tensor,
 
 
 def build_random(
-    preset: str, image_size: int = 32, tiny_vae: bool = False, unet_width: int = 32
+    preset: str, image_size: int = 32, tiny_vae: bool = False, unet_width: int = 32, space_to_depth: int = 1
 ) -> DiffusionParts:
-    """Random-init parts: ``tiny`` (tests, demo) or ``sd-v1-random`` (benchmarks)."""
+    """Random-init parts: ``tiny`` (tests, demo) or ``sd-v1-random`` (benchmarks).
+
+    ``space_to_depth`` > 1 (``tiny`` without ``tiny_vae``) folds each f x f pixel block into channels
+    (``SpaceToDepthCodec``): the UNet runs on an f-times smaller grid, reconstructions keep every pixel.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    if space_to_depth != 1 and (preset != "tiny" or tiny_vae):
+        raise ValueError(f"space_to_depth={space_to_depth} needs diffusion 'tiny' without tiny_vae")
     if preset == "tiny":
         if tiny_vae:
             codec: nn.Module = VAECodec(AutoencoderKL(**tiny_vae_config(4, image_size)))
             channels, latent_size = 4, image_size // 2
+        elif space_to_depth > 1:
+            codec = SpaceToDepthCodec(space_to_depth)
+            channels, latent_size = 3 * space_to_depth**2, image_size // space_to_depth
         else:
             codec, channels, latent_size = IdentityCodec(), 3, image_size
         unet_cfg = tiny_unet_config(channels, latent_size, unet_width, cross_attention_dim=32)
@@ -269,6 +307,7 @@ def load_diffusion(
     image_size: int = 32,
     tiny_vae: bool = False,
     unet_width: int = 32,
+    space_to_depth: int = 1,
 ) -> DiffusionParts:
     """Load or build the UNet, latent codec, prompt embeddings and noise schedule (see module doc).
 
@@ -277,7 +316,10 @@ def load_diffusion(
     ``WeightsUnavailableError``) says at once what is missing and which setting gives a local folder.
     """
     if source in ("tiny", "sd-v1-random"):
-        return build_random(source, image_size=image_size, tiny_vae=tiny_vae, unet_width=unet_width)
+        return build_random(source, image_size=image_size, tiny_vae=tiny_vae, unet_width=unet_width,
+                            space_to_depth=space_to_depth)
+    if space_to_depth != 1:
+        raise ValueError(f"space_to_depth={space_to_depth} needs diffusion 'tiny' (got {source!r})")
     _check_source(source)
     status = diffusers_status(source, diffusion_components(source, use_vae),
                               part_name("diffusion model", source), DIFFUSION_SETTING)

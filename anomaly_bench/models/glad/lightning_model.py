@@ -93,6 +93,7 @@ class GLAD(AnomalyModule):
             self.model.unet.enable_gradient_checkpointing()
         self.synthesizer = AnomalySynthesizer(texture_dir, anomaly_prob=anomaly_prob, texture_prob=texture_prob)
         self._reservoir: dict[str, dict[str, Tensor]] = {}
+        self._calibrated_in_this_fit = False
 
     @property
     def calibrated_tau(self) -> dict[str, float]:
@@ -136,9 +137,23 @@ class GLAD(AnomalyModule):
             return True
         return bool(trainer.should_stop)
 
+    def on_validation_start(self) -> None:
+        # Lightning validates (and the checkpoint callback saves last.ckpt) *before*
+        # on_train_epoch_end: calibrate here at the last epoch, so validation and the saved checkpoint
+        # both have the calibrated τ.
+        trainer = self.trainer
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._is_final_epoch():
+            self._calibrate_reservoir()
+
     def on_train_epoch_end(self) -> None:
-        if self.hparams.tau_mode == "calibrate" and self._reservoir and self._is_final_epoch():
+        if self._is_final_epoch():
+            self._calibrate_reservoir()
+
+    def _calibrate_reservoir(self) -> None:
+        """τ from the kept training normals, once per fit (at its last epoch)."""
+        if self.hparams.tau_mode == "calibrate" and self._reservoir and not self._calibrated_in_this_fit:
             self.calibrate_tau({c: torch.stack(list(s.values())) for c, s in self._reservoir.items()})
+            self._calibrated_in_this_fit = True
 
     def on_fit_end(self) -> None:
         missing = {c: s for c, s in self._reservoir.items() if c not in self.calibrated_tau}

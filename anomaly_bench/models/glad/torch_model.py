@@ -63,6 +63,9 @@ class GLADModel(nn.Module):
         tiny_vae: with ``diffusion: tiny``, add a tiny random VAE (latents at half resolution).
         tiny_image_size: image size the ``tiny`` UNet, VAE and ViT are built for (pixels).
         unet_width: channel width of the ``tiny`` UNet's first level (the second is twice that).
+        tiny_space_to_depth: with ``diffusion: tiny`` and no VAE, fold each f x f block of pixels
+            into channels before the UNet (1 = plain pixels): an exactly invertible latent, so the
+            UNet runs on an f-times smaller grid while reconstructions keep every pixel.
         dino: timm name of the DINO ViT (``vit_base_patch8_224.dino``) or ``tiny`` (a 4-block
             random ViT, for tests and demos).
         dino_weights: a local file of the original pretrained DINO weights (works offline); used by
@@ -118,6 +121,7 @@ class GLADModel(nn.Module):
         tiny_vae: bool = False,
         tiny_image_size: int = 32,
         unet_width: int = 32,
+        tiny_space_to_depth: int = 1,
         dino: str = DINO_VITB8,
         dino_weights: str | None = None,
         dino_pretrained: bool = True,
@@ -155,7 +159,7 @@ class GLADModel(nn.Module):
         self.inference_seed = int(inference_seed)
 
         parts = load_diffusion(diffusion, prompt=prompt, use_vae=use_vae, image_size=tiny_image_size,
-                               tiny_vae=tiny_vae, unet_width=unet_width)
+                               tiny_vae=tiny_vae, unet_width=unet_width, space_to_depth=tiny_space_to_depth)
         self.unet = parts.unet
         self.codec = parts.codec.eval().requires_grad_(False)
         self.register_buffer("prompt_embeds", parts.prompt_embeds.float())
