@@ -25,7 +25,8 @@ from anomaly_bench.metrics.report import read_tables
 
 
 def run(config: Path, root: Path, results: Path, train_mapper: bool) -> dict[str, float]:
-    args = ["--config", str(config), "--data.init_args.root", str(root), "--trainer.default_root_dir", str(results),
+    # GoodsAD layout whatever the config's datamodule (the demo config reads MVTec AD since issue 15)
+    args = ["--config", str(config), "--data", "anomaly_bench.data.GoodsAD", "--data.init_args.root", str(root), "--trainer.default_root_dir", str(results),
             "--trainer.enable_progress_bar", "false", "--model.init_args.train_mapper_in_normal_stage",
             str(train_mapper).lower(), "--run_dir", str(results / ("trained" if train_mapper else "frozen"))]
     cli(["fit", *args])

