@@ -13,6 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from anomaly_bench.data.synthetic import LAYOUTS, synth_main, write_dataset
+from anomaly_bench.data.synthetic.writer import SYNTHETIC_MARKER
 
 
 def _digest(root: Path) -> str:
@@ -35,7 +36,8 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
 
 def test_mvtec_naming(synth_root):
     root = synth_root("mvtec")
-    assert sorted(p.name for p in root.iterdir()) == ["grid", "ring"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["grid", "ring"]
+    assert (root / SYNTHETIC_MARKER).is_file()
     cat = root / "ring"
     assert sorted(p.name for p in (cat / "train" / "good").iterdir())[:2] == ["000.png", "001.png"]
     for defect_dir in (cat / "test").iterdir():
@@ -168,7 +170,6 @@ def test_heldout_family_naming_counts_and_determinism(tmp_path):
     write_dataset("mvtec", tmp_path / "b", **kwargs)
     assert summary.categories == list(HELDOUT)
     # the marker that tells reports and grids "a stand-in, no paper comparison"
-    from anomaly_bench.data.synthetic.writer import SYNTHETIC_MARKER
     from anomaly_bench.report.grid_info import root_is_synthetic
 
     marker = json.loads((tmp_path / "a" / SYNTHETIC_MARKER).read_text())
@@ -187,7 +188,7 @@ def test_heldout_family_naming_counts_and_determinism(tmp_path):
             assert mask.is_file() == (image.parent.name != "good")
     # the standard family is untouched by the new argument
     write_dataset("mvtec", tmp_path / "c", size=64, train=2, test_good=2, per_defect=2)
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["grid", "ring"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir()) == ["grid", "ring"]
 
 
 @pytest.mark.parametrize("category", HELDOUT)
@@ -234,7 +235,7 @@ def test_heldout_family_in_other_layouts_and_through_the_cli(tmp_path, capsys):
                        "--per-defect", "1"])
     out = capsys.readouterr().out
     assert code == 0 and "washer" in out and "test/missing_hole 1" in out and "test/shifted_part 1" in out
-    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["pcb", "washer"]
+    assert sorted(p.name for p in (tmp_path / "g").iterdir() if p.is_dir()) == ["pcb", "washer"]
     assert all(p.suffix == ".jpg" for p in (tmp_path / "g" / "pcb" / "test").rglob("*.*"))
     write_dataset("loco", tmp_path / "l", size=48, train=1, test_good=1, per_defect=1, family="heldout",
                   categories=["fabric"])
