@@ -37,6 +37,19 @@ model = BiGridGRADModel(backbone="tiny", pretrained=False, image_size=32, local_
                         global_resolution=2, fusion_blocks=1)
 images = torch.randn(2, 3, 32, 32)
 """,
+    "glad": """
+from anomaly_bench.models.glad.torch_model import GLADModel
+model = GLADModel(diffusion="tiny", tiny_image_size=32, unet_width=8, dino="tiny", dino_resolution=32,
+                  score_layers=[1, 2], ads_layer=2, score_top_k=4, blur_sigma=1.0, guidance_scale=1.0,
+                  num_inference_steps=2, t_start=100, t_min=50)
+images = torch.rand(2, 3, 32, 32) * 2 - 1
+""",
+    "patchdiff": """
+from anomaly_bench.models.patchdiff.torch_model import PatchDiffGRADModel
+model = PatchDiffGRADModel(categories=["part"], detectors=[{"input_size": 48, "levels": [5]}],
+                           detector_width=0.125, generator_channels=4)
+images = torch.rand(2, 3, 48, 48) * 2 - 1
+""",
     "patchcore": """
 from anomaly_bench.models.patchcore.torch_model import PatchCoreModel
 model = PatchCoreModel(backbone="tiny", layers=(1, 2), pretrained=False, pretrain_embed_dim=32, embed_dim=16)
