@@ -41,8 +41,14 @@ def fit(config: Path, root: Path, work: Path) -> tuple[PatchDiffGRAD, MVTecLOCO,
     data_args.update(root=str(root), category="all", num_workers=0)
     torch.manual_seed(int(spec.get("seed_everything", 0)))
     model = PatchDiffGRAD(**model_args)
-    model.configure_callbacks = list  # scores are computed here, no run folder
     data = MVTecLOCO(**data_args)
+    return model, data, run_pipeline(model, data, work)
+
+
+def run_pipeline(model: PatchDiffGRAD, data, work: Path) -> float:
+    """Fit ``model`` on ``data`` until its last phase ends, without callbacks or a run folder (the
+    scripts score the test set themselves); the wall seconds."""
+    model.configure_callbacks = list
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1_000_000, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       default_root_dir=str(work))
@@ -50,7 +56,7 @@ def fit(config: Path, root: Path, work: Path) -> tuple[PatchDiffGRAD, MVTecLOCO,
     trainer.fit(model, datamodule=data)
     if not model.pipeline_done:
         raise RuntimeError("the PatchDiff pipeline did not finish; raise max_epochs")
-    return model, data, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def auroc(labels: list[int], scores: list[float]) -> float:

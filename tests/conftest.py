@@ -27,3 +27,13 @@ def synth_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dataset("mvtec", root, categories=["bottle", "carpet"], size=64, seed=0, train=12, test_good=6,
                   per_defect=3)
     return root
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test: the machine's cores are shared, and oversubscribed threads
+    spin (about 10x slower here). Modules opt in with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from anomaly_bench.benchmark import stage as stage_module
 from anomaly_bench.benchmark.stage import StopRequest, run_stage
+from tests.benchmark.conftest import wait_for
 
 PY = sys.executable
 
@@ -22,15 +23,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def _wait_for(predicate, timeout=20.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 # A stage that forks a helper into its process group, records both pids, then waits.
@@ -61,7 +53,7 @@ def _family(tmp_path, mode):
 
 
 def _pids(path: Path) -> list[int]:
-    assert _wait_for(lambda: path.is_file() and path.read_text().strip())
+    assert wait_for(lambda: path.is_file() and path.read_text().strip(), timeout=20.0)
     return [int(p) for p in path.read_text().split()]
 
 
@@ -96,7 +88,7 @@ def test_a_stop_reaches_the_whole_group_with_the_same_signal(tmp_path):
     thread.join(15)
     assert box["outcome"].reason == "stopped"
     assert "got SIGINT" in (tmp_path / "fit.log").read_text()
-    assert _wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
+    assert wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
 
 
 def test_a_stage_that_ignores_the_stop_is_killed_after_the_grace_period(tmp_path):
@@ -110,7 +102,7 @@ def test_a_stage_that_ignores_the_stop_is_killed_after_the_grace_period(tmp_path
     thread.join(15)
     assert box["outcome"].reason == "stopped"
     assert 0.9 < time.monotonic() - start < 8
-    assert not _alive(stage_pid) and _wait_for(lambda: not _alive(helper_pid), timeout=5)
+    assert not _alive(stage_pid) and wait_for(lambda: not _alive(helper_pid), timeout=5)
 
 
 def test_a_lost_lease_kills_at_once_and_a_timeout_stops(tmp_path):
@@ -122,7 +114,7 @@ def test_a_lost_lease_kills_at_once_and_a_timeout_stops(tmp_path):
     lost.set()
     thread.join(10)
     assert box["outcome"].reason == "lease_lost" and "lease" in box["outcome"].detail
-    assert _wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
+    assert wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
     timed = run_stage("test", [PY, "-c", "import time; time.sleep(60)"], tmp_path / "test.log", os.environ,
                       tmp_path, timeout_s=0.5, grace_s=5)
     assert timed.reason == "timeout" and timed.seconds < 10
@@ -150,6 +142,6 @@ def test_a_killed_runner_takes_its_stage_down_at_once(tmp_path):
         stage_pid, helper_pid = _pids(pids_file)
         runner.kill()
         runner.wait(10)
-        assert _wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
+        assert wait_for(lambda: not _alive(stage_pid) and not _alive(helper_pid), timeout=5)
     finally:
         runner.kill()

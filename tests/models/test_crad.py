@@ -24,13 +24,7 @@ TINY = dict(backbone="tiny", layers=(1, 2), pretrained=False, image_size=SIZE, f
             fusion_expansion_ratio=0.5)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # The test machine's cores are shared: one thread avoids oversubscription (10x faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def stripe_items(n: int, anomalous: bool, seed: int, size: int = SIZE) -> list[dict]:

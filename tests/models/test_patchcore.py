@@ -29,12 +29,7 @@ from anomaly_bench.models.patchcore.scoring import nearest_neighbours, reweighte
 TINY = {"backbone": "tiny", "layers": (1, 2), "pretrained": False, "pretrain_embed_dim": 32, "embed_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:

@@ -28,6 +28,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from anomaly_bench.atomic import atomic_write_json
 from anomaly_bench.data.synthetic import heldout
 from anomaly_bench.data.synthetic.generator import CategoryGenerator, SynthImage
 from anomaly_bench.data.synthetic.scenes import scene_for
@@ -162,7 +163,7 @@ def write_dataset(
     }[layout]
     writer(root, generated, summary)
     marker = {"layout": layout, "family": family, "seed": seed, "size": size, "counts": summary.counts}
-    (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2))
+    atomic_write_json(root / SYNTHETIC_MARKER, marker)  # written last: the dataset is complete
     return summary
 
 
