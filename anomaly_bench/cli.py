@@ -317,8 +317,10 @@ class AnomalyBenchCLI(LightningCLI):
             return
         listing = ", ".join(f"model.init_args.{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in differences.items())
         # weights the configured model has (and that are not empty placeholders filled at fit time,
-        # like a memory bank) but whose shape differs from the checkpoint's: the options changed the network
-        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items() if v.numel() > 0}
+        # like a memory bank) but whose shape differs from the checkpoint's: the options changed the network.
+        # A module's extra state (GLAD's per-category tables) is a plain dict, not a weight: no shape.
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()
+                    if isinstance(v, torch.Tensor) and v.numel() > 0}
         conflicts = [k for k, shape in upgraded["state_dict"].items() if k in expected and expected[k] != tuple(shape)]
         if conflicts:
             raise CheckpointMismatchError(

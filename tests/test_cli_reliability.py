@@ -78,6 +78,23 @@ def test_the_command_line_wins_over_the_checkpoint_and_a_shape_conflict_is_named
               ckpt])
 
 
+def test_an_override_of_a_model_with_a_non_tensor_state_entry_is_checked_not_crashed(
+        synth_mvtec: Path, tmp_path: Path, capsys) -> None:
+    """GLAD's state dict holds a dict (its per-category tables): the shape check must skip it."""
+    table_model = ["--model", "tests.helpers.tiny_model.TinyModelWithTable", "--model.init_args.mode", "learned",
+                   "--trainer.max_epochs", "1"]
+    main(["fit", *base_args(synth_mvtec, tmp_path, *table_model)])
+    run = (tmp_path / "TinyModelWithTable" / "MVTecAD" / "all" / "latest").resolve()
+    capsys.readouterr()
+    main(["test", *base_args(synth_mvtec, tmp_path, *table_model, "--model.init_args.noise", "0.5"),
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "model.init_args.noise: checkpoint 0.2, config 0.5" in capsys.readouterr().out
+    assert (run / "metrics.json").is_file()
+    with pytest.raises(CheckpointMismatchError, match="hidden: checkpoint 8, config 4"):
+        main(["test", *base_args(synth_mvtec, tmp_path, *table_model, "--model.init_args.hidden", "4"),
+              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+
+
 def test_garbage_and_truncated_checkpoints_are_one_line_errors(synth_mvtec: Path, tmp_path: Path) -> None:
     main(["fit", *base_args(synth_mvtec, tmp_path)])
     real = (latest(tmp_path) / "checkpoints" / "last.ckpt").read_bytes()

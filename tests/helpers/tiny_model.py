@@ -108,3 +108,34 @@ class FailAtEpoch(Callback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch == self.epoch:
             raise RuntimeError(f"FailAtEpoch: simulated failure at epoch {self.epoch}")
+
+
+class _PlainState(nn.Module):
+    """A submodule whose extra state is a plain dict, as GLAD keeps its per-category tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: dict[str, float] = {"fitted": 0.0}
+
+    def get_extra_state(self) -> dict[str, float]:
+        return dict(self.table)
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.table = dict(state)
+
+
+class TinyModelWithTable(TinyModel):
+    """``TinyModel`` plus a submodule whose state-dict entry is a dict, not a tensor."""
+
+    def __init__(self, mode: str = "memory", lr: float = 0.05, noise: float = 0.2, bank_size: int = 20000,
+                 hidden: int = 8) -> None:
+        """
+        Args:
+            mode: as ``TinyModel``.
+            lr: as ``TinyModel``.
+            noise: as ``TinyModel``.
+            bank_size: as ``TinyModel``.
+            hidden: as ``TinyModel``.
+        """
+        super().__init__(mode, lr, noise, bank_size, hidden)
+        self.state = _PlainState()
