@@ -297,6 +297,29 @@ def test_reconstruction_is_scored_raw_not_clamped():
     assert torch.equal(clamped, raw.clamp(-1, 1))
 
 
+def test_several_reconstructions_average_the_maps_of_successive_noise_draws():
+    torch.manual_seed(0)
+    model = tiny_model(num_reconstructions=3)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = model(images)
+    generator = torch.Generator().manual_seed(model.inference_seed)
+    params = [model.params_for(None)] * 2
+    draws = []
+    for _ in range(3):  # the draws follow one another from one generator
+        recon, stops = model.reconstruct_categories(images, params, generator)
+        draws.append(model.anomaly_map(images, recon))
+        if len(draws) == 1:
+            first_stops = stops
+    assert not torch.allclose(draws[0], draws[1])  # each draw reconstructs differently ...
+    assert torch.allclose(out.anomaly_map, torch.stack(draws).mean(0), atol=1e-6)  # ... and the map is their mean
+    assert torch.allclose(out.pred_score, model.image_score(torch.stack(draws).mean(0)), atol=1e-6)
+    assert torch.equal(model.last_stop_steps, first_stops)
+    model.num_reconstructions = 1  # one draw is exactly the official single reconstruction
+    assert torch.allclose(model(images).anomaly_map, draws[0], atol=1e-6)
+    with pytest.raises(ValueError, match="num_reconstructions must be >= 1"):
+        tiny_model(num_reconstructions=0)
+
+
 def test_state_dict_restores_what_fit_learned_and_the_config_keeps_the_rest():
     """The calibrated τ (learned in fit) comes from the saved state; the tables, masks and seed are
     options, and the configured ones win over a checkpoint's (as everywhere: issue 17)."""

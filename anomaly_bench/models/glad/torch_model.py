@@ -106,11 +106,16 @@ class GLADModel(nn.Module):
         atp_sign: sign of the ATP target offset: ``+`` (original code: the implied clean estimate
             is the normal latent) or ``-`` (the poster's formula, kept for ablation).
         sample_posterior: ATP training encodes with a VAE posterior sample (official) instead of its mean.
-        inference_seed: seed of the one noise draw per batch that starts the DDIM trajectory.
+        inference_seed: seed of the noise draws that start the DDIM trajectories of a batch.
+        num_reconstructions: reconstructions per image, each from its own noise draw, whose maps
+            are averaged (official: 1). With a weak diffusion model (the random tiny demo) one
+            draw's map is noisy on normal texture too; the mean of a few draws keeps what every
+            reconstruction disagrees with (a defect) and averages out what one draw got wrong.
 
     Attributes:
         table: the ``CategoryTable`` (defaults, per-class entries, calibrated τ).
-        last_stop_steps: after ``forward``, each image's ADS stop step (-1: never stopped).
+        last_stop_steps: after ``forward``, each image's ADS stop step in its first reconstruction
+            (-1: never stopped).
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class GLADModel(nn.Module):
         atp_sign: Literal["+", "-"] = "+",
         sample_posterior: bool = True,
         inference_seed: int = 0,
+        num_reconstructions: int = 1,
     ) -> None:
         super().__init__()
         if atp_sign not in ("+", "-"):
@@ -157,6 +163,9 @@ class GLADModel(nn.Module):
         self.bidirectional_categories = sorted(set(bidirectional_categories or []))
         self.object_masks = validate_foreground_modes(object_masks, "object_masks")
         self.inference_seed = int(inference_seed)
+        if int(num_reconstructions) < 1:
+            raise ValueError(f"GLAD num_reconstructions must be >= 1, got {num_reconstructions}")
+        self.num_reconstructions = int(num_reconstructions)
 
         parts = load_diffusion(diffusion, prompt=prompt, use_vae=use_vae, image_size=tiny_image_size,
                                tiny_vae=tiny_vae, unet_width=unet_width, space_to_depth=tiny_space_to_depth)
@@ -390,10 +399,18 @@ class GLADModel(nn.Module):
         names = self.table.categories(categories, images.shape[0])
         params = [self.params_for(c) for c in names]
         generator = torch.Generator().manual_seed(self.inference_seed)
-        recon, self.last_stop_steps = self.reconstruct_categories(images, params, generator)
         weights = torch.tensor([float(p["pixel_l1_weight"]) for p in params], device=images.device)
         bidirectional = torch.tensor([c in self.bidirectional_categories for c in names], device=images.device)
-        maps = self.anomaly_map(images, recon, weights, bidirectional, self.object_mask(images, names))
+        object_mask = self.object_mask(images, names)
+        maps = None
+        # draws follow one another from the one generator: the first is exactly the single-draw result
+        for draw in range(self.num_reconstructions):
+            recon, stop_steps = self.reconstruct_categories(images, params, generator)
+            if draw == 0:
+                self.last_stop_steps = stop_steps
+            one = self.anomaly_map(images, recon, weights, bidirectional, object_mask)
+            maps = one if maps is None else maps + one
+        maps = maps / self.num_reconstructions
         return AnomalyOutput(anomaly_map=maps, pred_score=self.image_score(maps))
 
 
