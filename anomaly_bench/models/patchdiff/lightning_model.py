@@ -40,6 +40,7 @@ from anomaly_bench.models.patchdiff.training_data import (
     detail_energy,
     draw_augmented,
     draw_images,
+    match_detail,
     resized_uint8,
 )
 from anomaly_bench.types import AnomalyOutput, Batch
@@ -111,6 +112,11 @@ class PatchDiffGRAD(AnomalyModule):
         augmentations: per-category overrides of the paper's Tables 5-6 augmentations, keyed by
             category name or ``default`` (e.g. ``{bottle: {vflip: false}}``); null = the tables.
         inner_steps: optimisation steps per dataloader batch (fewer epochs and checkpoints).
+        match_sample_detail: scale the finest detail band of each level's generated images so that
+            they are, on average, as sharp as the normals before the detectors train on them (not in
+            the paper, which samples from fully trained generators). Under-trained or few-step
+            samples are smoother than the data, and the detector then learns "smooth = generated"
+            and reads a sharp defect as normal (README, "Sharpness of the samples").
         **model_options: the options of ``PatchDiffGRADModel`` (categories) and of every
             ``PatchDiffCategoryModel`` (detectors, generator architecture, diffusion schedule, scoring).
     """
@@ -151,6 +157,7 @@ class PatchDiffGRAD(AnomalyModule):
         dae_feature_noise: float = 0.1,
         augmentations: dict[str, dict[str, Any]] | None = None,
         inner_steps: int = 1,
+        match_sample_detail: bool = False,
         **model_options: Any,
     ) -> None:
         super().__init__()
@@ -356,15 +363,20 @@ class PatchDiffGRAD(AnomalyModule):
             images, ratios = [], []
             for level in spec.levels:
                 resized = resized_uint8(generated[level], spec.input_size, self.device)
-                ratios.append(float(detail_energy(resized, self.device).mean()) / max(reference, 1e-12))
+                ratio = float(detail_energy(resized, self.device).mean()) / max(reference, 1e-12)
+                if hp.match_sample_detail and reference > 0:
+                    resized = match_detail(resized, reference, self.device)
+                ratios.append(ratio)
                 images.append(resized)
             detectors.append(DetectorImages(normal, images, ratios))
-            log.info("PatchDiffGRAD: %s detector %s: generated/normal fine-detail ratio %s", category, spec.name,
-                     ", ".join(f"level {level} {r:.2f}" for level, r in zip(spec.levels, ratios)))
-            if min(ratios) < DETAIL_WARNING_RATIO:
+            log.info("PatchDiffGRAD: %s detector %s: generated/normal fine-detail ratio %s%s", category, spec.name,
+                     ", ".join(f"level {level} {r:.2f}" for level, r in zip(spec.levels, ratios)),
+                     " (matched to 1)" if hp.match_sample_detail else "")
+            if min(ratios) < DETAIL_WARNING_RATIO and not hp.match_sample_detail:
                 log.warning("PatchDiffGRAD: %s: the generated images have %.2f of the normal images' fine detail at "
                             "%d px; the detector may learn 'smooth = anomalous' and score sharp defects as normal. "
-                            "Train the PatchDiffs longer or sample with more steps (README)",
+                            "Train the PatchDiffs longer, sample with more steps or set match_sample_detail "
+                            "(README)",
                             category, min(ratios), spec.input_size)
         self._detector_images = CategoryTrainingImages(category, detectors,
                                                        resolve_augmentation(category, hp.augmentations))

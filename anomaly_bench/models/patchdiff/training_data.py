@@ -66,6 +66,29 @@ def detail_energy(images: Tensor, device: torch.device) -> Tensor:
     return torch.cat(energies)
 
 
+def match_detail(images: Tensor, reference: float, device: torch.device, rounds: int = 4) -> Tensor:
+    """uint8 images [N, 3, H, W] whose finest detail band is scaled until their mean detail energy is
+    ``reference`` (the normals'), uint8 on the CPU: sharpness alone no longer tells them from the normals.
+
+    Scaling the band by ``reference / energy`` once falls short (the blur of the scaled image holds
+    some of the added detail, and values clip at the ends of the range), so the measure-and-scale
+    step is repeated a few ``rounds``.
+    """
+    if reference <= 0:
+        raise ValueError(f"reference detail energy must be > 0, got {reference}")
+    chunks = []
+    for i in range(0, images.shape[0], RESIZE_CHUNK):
+        chunks.append(storage.to_float(images[i:i + RESIZE_CHUNK], device))
+    current = torch.cat(chunks)
+    for _ in range(rounds):
+        smooth, detail = detail_band(current)
+        energy = float(detail.abs().mean())
+        if energy <= 0:
+            break
+        current = (smooth + detail * (reference / energy)).clamp(-1, 1)
+    return storage.to_uint8(current)
+
+
 def draw_images(images: Tensor, count: int, device: torch.device, size: int | None = None) -> Tensor:
     """``count`` images drawn with replacement from uint8 [N, 3, H, W], as floats in [-1, 1] on ``device``."""
     index = torch.randint(0, images.shape[0], (count,))
@@ -84,7 +107,7 @@ class DetectorImages:
     """One detector's training images, already at its input size (uint8, CPU).
 
     ``detail_ratio[k]``: mean detail energy of level k's generated images over the normal images'
-    (1 = as sharp as the data; logged, a warning when far below).
+    as sampled (1 = as sharp as the data; logged, a warning when far below and not matched).
     """
 
     normal: Tensor  # [N, 3, s, s]
