@@ -11,7 +11,8 @@ set per method (``JUDGED_ON``):
   alone is harder still: bi-grid GRAD measured 0.48 there, PatchCore 0.67; README.)
 * GLAD: the standard scenes of seed 1 (``grid``, ``ring``). On the held-out family GLAD's demo config
   is at chance (mean image AUROC 0.56 over seeds 1 and 2, below the chance + 0.10 bar): a random ViT
-  and a UNet trained for 160 CPU steps cannot reconstruct those textures (models/glad/README.md).
+  and a UNet trained for 160 CPU steps cannot reconstruct those textures; its ADS decision is near
+  chance, so most defects survive the reconstruction (models/glad/README.md, "Why, measured").
   The slow matrix below records that failure and fails once it goes away, so the list is kept true.
 * PatchDiff (its demo config reads the MVTec LOCO layout): the standard LOCO scenes of seed 1.
 
