@@ -38,14 +38,16 @@ def test_an_expired_lease_is_taken_over_and_its_old_owner_learns_it(tmp_path):
 
 
 def test_the_heartbeat_keeps_a_short_lease_alive(tmp_path):
-    owner = CellLease(tmp_path, lease_s=0.3, host="node-a")
-    other = CellLease(tmp_path, lease_s=0.3, host="node-b")
+    # 2 s lease, renewed every 0.67 s: a loaded 2-core CI box (the other xdist worker training, its
+    # checkpoints fsync'ing) stalled a 0.3 s lease's 0.1 s beats past expiry once; 1.3 s of slack does not
+    owner = CellLease(tmp_path, lease_s=2.0, host="node-a")
+    other = CellLease(tmp_path, lease_s=2.0, host="node-b")
     assert owner.try_acquire()
     owner.start_heartbeat()
-    deadline = time.time() + 1.2  # four lease lengths
+    deadline = time.time() + 5.0  # two and a half lease lengths: without the beats it would expire
     while time.time() < deadline:
         assert not other.try_acquire()
-        time.sleep(0.1)
+        time.sleep(0.25)
     assert not owner.lost.is_set()
     owner.release()
     assert other.try_acquire()
