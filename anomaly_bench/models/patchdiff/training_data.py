@@ -72,21 +72,22 @@ def match_detail(images: Tensor, reference: float, device: torch.device, rounds:
 
     Scaling the band by ``reference / energy`` once falls short (the blur of the scaled image holds
     some of the added detail, and values clip at the ends of the range), so the measure-and-scale
-    step is repeated a few ``rounds``.
+    step is repeated a few ``rounds``. Each ``RESIZE_CHUNK`` of images is matched on its own (every
+    chunk's mean reaches ``reference``, so the whole set's does), which bounds the float copy.
     """
     if reference <= 0:
         raise ValueError(f"reference detail energy must be > 0, got {reference}")
     chunks = []
     for i in range(0, images.shape[0], RESIZE_CHUNK):
-        chunks.append(storage.to_float(images[i:i + RESIZE_CHUNK], device))
-    current = torch.cat(chunks)
-    for _ in range(rounds):
-        smooth, detail = detail_band(current)
-        energy = float(detail.abs().mean())
-        if energy <= 0:
-            break
-        current = (smooth + detail * (reference / energy)).clamp(-1, 1)
-    return storage.to_uint8(current)
+        current = storage.to_float(images[i:i + RESIZE_CHUNK], device)
+        for _ in range(rounds):
+            smooth, detail = detail_band(current)
+            energy = float(detail.abs().mean())
+            if energy <= 0:
+                break
+            current = (smooth + detail * (reference / energy)).clamp(-1, 1)
+        chunks.append(storage.to_uint8(current))
+    return torch.cat(chunks)
 
 
 def draw_images(images: Tensor, count: int, device: torch.device, size: int | None = None) -> Tensor:
