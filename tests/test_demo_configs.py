@@ -10,10 +10,11 @@ set per method (``JUDGED_ON``):
   normal and 20 anomalous test images per category. (A unified model over ``granite`` and ``pcb``
   alone is harder still: bi-grid GRAD measured 0.48 there, PatchCore 0.67; README.)
 * GLAD: the standard scenes of seed 1 (``grid``, ``ring``). On the held-out family GLAD's demo config
-  is at chance (mean image AUROC 0.56 over seeds 1 and 2, below the chance + 0.10 bar): a random ViT
-  and a UNet trained for 160 CPU steps cannot reconstruct those textures; its ADS decision is near
-  chance, so most defects survive the reconstruction (models/glad/README.md, "Why, measured").
-  The slow matrix below records that failure and fails once it goes away, so the list is kept true.
+  stays below the chance + 0.10 bar (mean image AUROC 0.58 over seeds 1 and 2): with a random ViT
+  and a tiny UNet trained for 320-600 CPU steps the ADS decision is weak, so most defects survive the
+  reconstruction, and thin scratches in fine textures reconstruct better than the texture around
+  them (models/glad/README.md, "Why, measured"). The slow matrix below records that failure and
+  fails once it goes away, so the list is kept true.
 * PatchDiff (its demo config reads the MVTec LOCO layout): the standard LOCO scenes of seed 1.
 
 Bar: PatchCore's mean image AUROC on the same data minus ``MARGIN``; a method whose README explains
@@ -49,13 +50,13 @@ CHANCE_BAR = 0.60
 BELOW_REFERENCE: dict[str, str] = {
     "crad": "held-out family 0.647 vs PatchCore 0.775 (fabric, washer): models/crad/README.md",
     "grad": "held-out family 0.613 vs PatchCore 0.775, standard 0.905 vs 1.000: models/grad/README.md",
-    "glad": "standard 0.78 vs 1.00, held-out family at chance: models/glad/README.md",
+    "glad": "standard 0.70 vs 1.00, held-out family 0.58 vs 0.78: models/glad/README.md",
     "patchdiff": "standard scenes 0.903 vs 1.000 (MVTec layout): models/patchdiff/README.md",
 }
 # (method, scene family) cells of the slow matrix known to miss even CHANCE_BAR: asserted to still
 # miss it, so that a fix is noticed and this list shrinks
 KNOWN_BELOW_CHANCE_BAR: dict[tuple[str, str], str] = {
-    ("glad", "heldout"): "random ViT + 160-step UNet cannot reconstruct the held-out textures (README)",
+    ("glad", "heldout"): "random ViT + tiny UNet: weak ADS, scratches survive the reconstruction (README)",
 }
 SIZE = 128
 DATA = {

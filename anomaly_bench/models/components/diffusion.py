@@ -19,6 +19,7 @@ guidance), and then dropped: only the two embeddings are kept.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 from anomaly_bench.models.components.weights import (
     WeightsStatus, WeightsUnavailableError, diffusers_status, hf_cache_dir, part_name, resolve_weights,
 )
+
+log = logging.getLogger(__name__)
 
 SD_V1_HUB_ID = "CompVis/stable-diffusion-v1-4"
 PROMPT_EMBEDS_FILE = "prompt_embeds.pt"
@@ -207,6 +210,13 @@ def build_random(
             channels, latent_size = 3 * space_to_depth**2, image_size // space_to_depth
         else:
             codec, channels, latent_size = IdentityCodec(), 3, image_size
+        if unet_width < channels:
+            # every path through the UNet starts at conv_in's unet_width channels, so the noise it must
+            # predict (one value per latent channel) cannot pass through: the ε loss floors at about
+            # 1 - width/channels (GLAD's 128 px demo: width 32 on 48 channels floored at 0.38)
+            log.warning("tiny UNet: unet_width %d is narrower than its %d latent channels (space_to_depth %d); "
+                        "it cannot predict the noise of every channel. Use unet_width >= %d",
+                        unet_width, channels, space_to_depth, channels)
         unet_cfg = tiny_unet_config(channels, latent_size, unet_width, cross_attention_dim=32)
     elif preset == "sd-v1-random":
         codec = VAECodec(AutoencoderKL(**sd_v1_vae_config()))

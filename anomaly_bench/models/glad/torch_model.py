@@ -62,7 +62,9 @@ class GLADModel(nn.Module):
         use_vae: diffuse in the VAE latent space (Stable Diffusion); False diffuses on pixels.
         tiny_vae: with ``diffusion: tiny``, add a tiny random VAE (latents at half resolution).
         tiny_image_size: image size the ``tiny`` UNet, VAE and ViT are built for (pixels).
-        unet_width: channel width of the ``tiny`` UNet's first level (the second is twice that).
+        unet_width: channel width of the ``tiny`` UNet's first level (the second is twice that);
+            at least the latent's channels (3·f² with ``tiny_space_to_depth`` f), or the UNet
+            cannot predict the noise of every channel (a warning says so).
         tiny_space_to_depth: with ``diffusion: tiny`` and no VAE, fold each f x f block of pixels
             into channels before the UNet (1 = plain pixels): an exactly invertible latent, so the
             UNet runs on an f-times smaller grid while reconstructions keep every pixel.

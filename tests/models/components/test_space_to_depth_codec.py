@@ -47,3 +47,31 @@ def test_glad_scores_at_full_resolution_with_a_folded_latent():
     assert torch.isfinite(loss)
     output = model(images)
     assert output.anomaly_map.shape == (2, 32, 32) and torch.isfinite(output.pred_score).all()
+
+
+def _input_output_jacobian_rank(unet_width: int) -> int:
+    """Rank of d(UNet output)/d(UNet input) on a 2 x 2 folded grid (8 px images, 48 latent channels)."""
+    parts = build_random("tiny", image_size=8, unet_width=unet_width, space_to_depth=4)
+    unet = parts.unet.double().eval()
+    latents = torch.randn(1, 48, 2, 2, dtype=torch.double, generator=torch.Generator().manual_seed(0))
+
+    def noise_prediction(x: torch.Tensor) -> torch.Tensor:
+        return unet(x, torch.tensor([10]), encoder_hidden_states=parts.prompt_embeds.double()).sample
+
+    jacobian = torch.autograd.functional.jacobian(noise_prediction, latents).reshape(192, 192)
+    return int(torch.linalg.matrix_rank(jacobian))
+
+
+def test_a_unet_narrower_than_its_latent_cannot_pass_every_channel_through(caplog):
+    # Every path from input to output starts at conv_in's unet_width channels per cell, so on 4 cells
+    # the output can move in at most 4 * width of its 4 * 48 directions: at low noise, where ε must
+    # be read off the input, the rest of the noise is unpredictable (the 128 px GLAD demo's loss
+    # floored at 0.38 with width 32 on 48 channels; 0.19 with width 48: models/glad/README.md).
+    with caplog.at_level("WARNING", logger="anomaly_bench.models.components.diffusion"):
+        assert _input_output_jacobian_rank(16) <= 4 * 16
+    assert "unet_width 16 is narrower than its 48 latent channels" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="anomaly_bench.models.components.diffusion"):
+        # full but for the 8 group means that the GroupNorm before conv_out removes
+        assert _input_output_jacobian_rank(48) == 4 * 48 - 8
+    assert "narrower" not in caplog.text
