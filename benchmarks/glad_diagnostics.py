@@ -10,8 +10,7 @@ does, and reports per category:
   others are re-anchored to their input below t_min);
 * image / pixel AUROC of the shipped map (random-ViT nearest-neighbour distances) and, on the same
   reconstructions, of a random resnet18 (stages 1-2, the PatchCore demo's features) with the same
-  nearest-neighbour rule and of the plain pixel L1 difference.
-
+  nearest-neighbour rule and of the plain pixel L1 difference;
 * the UNet's noise-prediction error on the normal test images at the DDIM steps the demo visits
   (ε MSE and the RMS error it leaves in a one-step clean estimate, sqrt((1 - ᾱ)/ᾱ · MSE)): a UNet
   narrower than its latent has a floor here that no training removes.
@@ -50,7 +49,12 @@ def resnet_tokens(cnn: torch.nn.Module, images: torch.Tensor) -> tuple[list[torc
 @torch.no_grad()
 def print_noise_prediction_error(model, data: MVTecAD, steps: tuple[int, ...] = (76, 226, 526), limit: int = 32) -> None:
     """ε MSE of the UNet on up to ``limit`` normal test images, noised at each of ``steps``."""
-    normals = torch.cat([batch.image[batch.label == 0] for batch in data.test_dataloader()])[:limit]
+    found: list[torch.Tensor] = []
+    for batch in data.test_dataloader():
+        found.append(batch.image[batch.label == 0])
+        if sum(len(f) for f in found) >= limit:
+            break
+    normals = torch.cat(found)[:limit]
     latents = model.codec.encode(normals, sample=False).float()
     generator = torch.Generator().manual_seed(0)
     for t in steps:
@@ -76,16 +80,16 @@ def main() -> None:
     if not checkpoints:
         raise SystemExit(f"no checkpoints/last.ckpt under {args.run}")
     model = GLAD.load_from_checkpoint(checkpoints[0], map_location="cpu").eval().model
-    import timm
-
-    torch.manual_seed(0)
-    cnn = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2)).eval()
     data = MVTecAD(root=str(args.root), category=args.category, image_size=args.image_size, eval_batch_size=16,
                    normalization="minus_one_one", validation="none")
     data.setup("test")
     print_noise_prediction_error(model, data)
     if args.noise_only:
         return
+    import timm
+
+    torch.manual_seed(0)
+    cnn = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2)).eval()
     scorers = ("shipped (random ViT)", "random resnet18 NN", "pixel L1")
     rows: dict[str, dict[str, list]] = {}
     for batch in data.test_dataloader():
