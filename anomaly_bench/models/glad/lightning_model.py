@@ -16,6 +16,7 @@ from torch import Tensor
 
 from anomaly_bench.models.base import AnomalyModule
 from anomaly_bench.models.components.synthesis import AnomalySynthesizer
+from anomaly_bench.models.glad.dino_finetune import FINETUNE_PAIRS, FinetunePairs, finetune_scoring_dino
 from anomaly_bench.models.glad.torch_model import ForegroundMode, GLADModel, validate_foreground_modes
 from anomaly_bench.types import AnomalyOutput, Batch
 
@@ -57,6 +58,20 @@ class GLAD(AnomalyModule):
             fit) or ``table`` (``category_params`` / ``tau``, the official test-tuned values).
         tau_quantile: the quantile of the normals' peak ADS distances that becomes τ (0 < q <= 1).
         calibration_images: training normals kept per category for the τ calibration.
+        dino_finetune_epochs: epochs of fine-tuning the scoring DINO on pairs of a training normal
+            and its reconstruction at the end of fit (``dino_finetune.py``; official: 15 for VisA and
+            PCB-Bank, none for MVTec AD / MPDD); 0 switches it off. ADS keeps a frozen copy of the
+            original DINO either way.
+        dino_finetune_lr: Adam learning rate of that fine-tuning (official 3e-4).
+        dino_finetune_anchor: weight λ of the term that keeps the fine-tuned features near the
+            original DINO's (official 0.01).
+        dino_finetune_batch_size: pairs per fine-tuning step (official 16, with 2 accumulated).
+        dino_finetune_pairs: ``reconstruction`` (a normal image and its reconstruction without ADS)
+            or ``noised_input`` (the input noised to the start step and decoded: what the official
+            helper produces as released).
+        dino_finetune_start: the diffusion step the pairs start from; None uses each category's
+            t_min (official: 200, its test t_min).
+        dino_finetune_images: training normals kept per category for the fine-tuning.
         **model_options: the options of ``GLADModel`` (diffusion, DINO, ADS, scoring, the
             per-category tables, object masks, seed).
     """
@@ -78,6 +93,13 @@ class GLAD(AnomalyModule):
         tau_mode: Literal["calibrate", "table"] = "calibrate",
         tau_quantile: float = 0.95,
         calibration_images: int = 16,
+        dino_finetune_epochs: int = 0,
+        dino_finetune_lr: float = 3e-4,
+        dino_finetune_anchor: float = 0.01,
+        dino_finetune_batch_size: int = 16,
+        dino_finetune_pairs: FinetunePairs = "reconstruction",
+        dino_finetune_start: int | None = None,
+        dino_finetune_images: int = 200,
         **model_options: Any,
     ) -> None:
         super().__init__()
@@ -85,15 +107,22 @@ class GLAD(AnomalyModule):
             raise ValueError(f"GLAD tau_mode must be 'calibrate' or 'table', got {tau_mode!r}")
         if not 0.0 < tau_quantile <= 1.0:
             raise ValueError(f"GLAD tau_quantile must be in (0, 1], got {tau_quantile}")
+        if dino_finetune_pairs not in FINETUNE_PAIRS:
+            raise ValueError(f"GLAD dino_finetune_pairs must be one of {FINETUNE_PAIRS}, got {dino_finetune_pairs!r}")
+        if dino_finetune_epochs < 0 or dino_finetune_batch_size < 1 or dino_finetune_images < 1:
+            raise ValueError("GLAD dino_finetune_epochs must be >= 0, dino_finetune_batch_size and dino_finetune_images "
+                             f">= 1; got {dino_finetune_epochs}, {dino_finetune_batch_size}, {dino_finetune_images}")
         self.save_hyperparameters()
         self.foreground = validate_foreground_modes(foreground, "foreground")
         self.model = GLADModel(**model_options)
         self.model.table.use_calibrated_tau = tau_mode == "calibrate"
+        if dino_finetune_epochs > 0:
+            self.model.separate_ads_dino()  # before any checkpoint loads: its state holds both DINOs
         if gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
         self.synthesizer = AnomalySynthesizer(texture_dir, anomaly_prob=anomaly_prob, texture_prob=texture_prob)
         self._reservoir: dict[str, dict[str, Tensor]] = {}
-        self._calibrated_in_this_fit = False
+        self._finished_this_fit = False
 
     @property
     def calibrated_tau(self) -> dict[str, float]:
@@ -107,7 +136,7 @@ class GLAD(AnomalyModule):
         synthetic = self.synthesizer((images.detach() + 1) / 2, modes).images * 2 - 1
         loss = self.model.training_loss(images, synthetic)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        if self.hparams.tau_mode == "calibrate":
+        if self._reservoir_size():
             self._remember_normals(batch)
         return loss
 
@@ -120,9 +149,15 @@ class GLAD(AnomalyModule):
         return self.hparams.grad_clip_norm
 
     # -------------------------------------------------------------------------- calibration
+    def _reservoir_size(self) -> int:
+        """Training normals to keep per category: for τ calibration and for the DINO fine-tuning."""
+        hp = self.hparams
+        return max(hp.calibration_images if hp.tau_mode == "calibrate" else 0,
+                   hp.dino_finetune_images if hp.dino_finetune_epochs > 0 else 0)
+
     def _remember_normals(self, batch: Batch) -> None:
-        """Keep up to ``calibration_images`` clean training images per category (uint8, CPU)."""
-        limit = self.hparams.calibration_images
+        """Keep the first ``_reservoir_size()`` clean training images per category (uint8, CPU)."""
+        limit = self._reservoir_size()
         for image, category, path in zip(batch.image, batch.category, batch.path):
             store = self._reservoir.setdefault(category, {})
             if path in store or len(store) < limit:
@@ -139,26 +174,42 @@ class GLAD(AnomalyModule):
 
     def on_validation_start(self) -> None:
         # Lightning validates (and the checkpoint callback saves last.ckpt) *before*
-        # on_train_epoch_end: calibrate here at the last epoch, so validation and the saved checkpoint
-        # both have the calibrated τ.
+        # on_train_epoch_end: finish here at the last epoch, so validation and the saved checkpoint
+        # both have the calibrated τ and the fine-tuned scoring DINO.
         trainer = self.trainer
         if trainer.state.fn == "fit" and not trainer.sanity_checking and self._is_final_epoch():
-            self._calibrate_reservoir()
+            self._finish_fit()
 
     def on_train_epoch_end(self) -> None:
         if self._is_final_epoch():
-            self._calibrate_reservoir()
+            self._finish_fit()
 
-    def _calibrate_reservoir(self) -> None:
-        """τ from the kept training normals, once per fit (at its last epoch)."""
-        if self.hparams.tau_mode == "calibrate" and self._reservoir and not self._calibrated_in_this_fit:
-            self.calibrate_tau({c: torch.stack(list(s.values())) for c, s in self._reservoir.items()})
-            self._calibrated_in_this_fit = True
+    def _kept_normals(self, limit: int | None = None) -> dict[str, Tensor]:
+        return {c: torch.stack(list(s.values())[:limit]) for c, s in self._reservoir.items() if s}
+
+    def _finish_fit(self) -> None:
+        """Once per fit, at its last epoch: fine-tune the scoring DINO, then calibrate τ, both on
+        the kept training normals (τ is read by the original DINO inside ADS, so the order only
+        matters for what validation sees)."""
+        if self._finished_this_fit or not self._reservoir:
+            return
+        hp = self.hparams
+        if hp.dino_finetune_epochs > 0:
+            finetune_scoring_dino(self.model, self._kept_normals(hp.dino_finetune_images), hp.dino_finetune_epochs,
+                                  lr=hp.dino_finetune_lr, anchor_weight=hp.dino_finetune_anchor,
+                                  batch_size=hp.dino_finetune_batch_size, pairs=hp.dino_finetune_pairs,
+                                  start_step=hp.dino_finetune_start, seed=self.model.inference_seed)
+        if hp.tau_mode == "calibrate":
+            self.calibrate_tau(self._kept_normals(hp.calibration_images))
+        self._finished_this_fit = True
 
     def on_fit_end(self) -> None:
-        missing = {c: s for c, s in self._reservoir.items() if c not in self.calibrated_tau}
+        if not self._finished_this_fit:  # a fit that ended before any "final epoch" hook ran
+            self._finish_fit()
+        missing = {c: s for c, s in self._kept_normals(self.hparams.calibration_images).items()
+                   if c not in self.calibrated_tau}
         if self.hparams.tau_mode == "calibrate" and missing:
-            self.calibrate_tau({c: torch.stack(list(s.values())) for c, s in missing.items()})
+            self.calibrate_tau(missing)
 
     @torch.no_grad()
     def calibrate_tau(self, normals_by_category: dict[str, Tensor], batch_size: int = 8) -> dict[str, float]:
@@ -188,6 +239,8 @@ class GLAD(AnomalyModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)  # option and state-dict renames of version 0.1
         state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            self._match_ads_dino(state)
         legacy_tau = checkpoint.pop(CALIBRATION_CHECKPOINT_KEY, None)
         if isinstance(state, dict) and EXTRA_STATE_KEY not in state:
             # version 0.1: the tables came from the options only, τ from its own checkpoint key, and
@@ -200,6 +253,16 @@ class GLAD(AnomalyModule):
             self.hparams["clamp_reconstruction"] = True  # a re-saved checkpoint says what it does
             log.info("GLAD: version 0.1 checkpoint: the reconstruction is clamped before scoring as in 0.1 "
                      "(the official code scores it raw: set model.clamp_reconstruction = False after loading)")
+
+    def _match_ads_dino(self, state: dict[str, Any]) -> None:
+        """A checkpoint whose scoring DINO was fine-tuned holds a separate ADS DINO; one that was not
+        holds only the original: load either, whatever ``dino_finetune_epochs`` says now."""
+        prefix, source = "model.frozen_ads_dino.", "model.dino."
+        saved_separate = any(k.startswith(prefix) for k in state)
+        if saved_separate and self.model.frozen_ads_dino is None:
+            self.model.separate_ads_dino()  # its weights come from the checkpoint next
+        elif not saved_separate and self.model.frozen_ads_dino is not None:
+            state.update({prefix + k[len(source):]: v for k, v in list(state.items()) if k.startswith(source)})
 
     # ---------------------------------------------------------------------------- inference
     def score_batch(self, batch: Batch) -> AnomalyOutput:

@@ -11,6 +11,7 @@ lives in ``lightning_model.py``; the ATP loss is here because it needs the UNet 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -208,6 +209,12 @@ class GLADModel(nn.Module):
         """The DINO inside ADS: the original one (a frozen copy when the scoring DINO is fine-tuned)."""
         return self.frozen_ads_dino if self.frozen_ads_dino is not None else self.dino
 
+    def separate_ads_dino(self) -> None:
+        """Give ADS its own frozen copy of the current DINO, so that the scoring DINO can be
+        fine-tuned (``dino_finetune.py``) while ADS keeps measuring drift with the original."""
+        if self.frozen_ads_dino is None:
+            self.frozen_ads_dino = copy.deepcopy(self.dino).eval().requires_grad_(False)
+
     def train(self, mode: bool = True) -> "GLADModel":
         super().train(mode)
         self.codec.eval()  # frozen parts never switch to training behaviour
@@ -348,6 +355,15 @@ class GLADModel(nn.Module):
         return torch.nan_to_num(trace, nan=-float("inf")).amax(dim=0)
 
     # ------------------------------------------------------------------------------ scoring
+    def scoring_input(self, images: Tensor) -> Tensor:
+        """What the scoring DINO sees: images in [-1, 1] resized to the DINO resolution (bilinear,
+        align_corners=True, official) and ImageNet-normalised."""
+        size = (self.dino_resolution, self.dino_resolution)
+        images = images.float()
+        if images.shape[-2:] != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=True)
+        return imagenet_normalize(images)
+
     @torch.no_grad()
     def anomaly_map(
         self,
@@ -359,10 +375,7 @@ class GLADModel(nn.Module):
     ) -> Tensor:
         """[B, R, R] map at the DINO resolution R: Σ_l NN(1 − cos) maps (+ pixel term), blurred, masked."""
         size = (self.dino_resolution, self.dino_resolution)
-        both = torch.cat([images, recon]).float()
-        if both.shape[-2:] != size:
-            both = F.interpolate(both, size=size, mode="bilinear", align_corners=True)
-        normalized = imagenet_normalize(both)
+        normalized = self.scoring_input(torch.cat([images, recon]))
         tokens = self.dino(normalized.to(_dtype(self.dino)), self.score_layers)
         batch = images.shape[0]
         grid = grid_shape(tokens[0].shape[1], *size)
