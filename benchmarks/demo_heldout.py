@@ -2,6 +2,8 @@
 
     python benchmarks/demo_heldout.py                          # the full matrix, ~2 h on 2 shared cores
     python benchmarks/demo_heldout.py --methods crad patchcore --seeds 1 --families heldout
+    python benchmarks/demo_heldout.py --methods glad --work runs/glad_ft --out runs/glad_ft/summary \
+        --set model.init_args.dino_finetune_epochs=3      # judge a variant of a demo config
 
 The demo settings (``configs/demo/*.yaml``) were chosen on ``anomaly-bench synth`` data of seed 0
 (standard scenes). This script writes, at 128 px in the MVTec AD layout, seeds 1 and 2 of
@@ -17,7 +19,9 @@ every method meets the same images. Per method and family it reports the mean ov
 mean image and pixel AUROC, PatchCore's on the same data (the reference row) and the difference,
 and writes ``<out>.md`` and ``<out>.json`` (default ``benchmarks/results/demo_heldout_cpu``).
 Finished runs are reused (``<work>/runs/<method>/<data>/metrics.json``), so an interrupted matrix
-resumes; ``--rerun`` starts over.
+resumes; ``--rerun`` starts over. ``--set KEY=VALUE`` (repeatable) passes ``--KEY VALUE`` to the fit
+and test of every method but the reference, to judge a variant of a demo config; its runs remember
+the overrides, and a work folder whose runs had others is refused (use another ``--work``).
 """
 
 from __future__ import annotations
@@ -65,15 +69,28 @@ def data_root(work: Path, family: str, seed: int) -> Path:
     return root
 
 
-def run_one(method: str, root: Path, out: Path, log: Path) -> dict:
-    """fit + test of ``configs/demo/<method>.yaml`` on ``root`` in a fresh process; metrics and times."""
+def override_args(overrides: list[str]) -> list[str]:
+    """``["model.init_args.x=3"]`` -> ``["--model.init_args.x", "3"]``; a malformed one says so."""
+    args = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. model.init_args.dino_finetune_epochs=3")
+        args += [f"--{key}", value]
+    return args
+
+
+def run_one(method: str, root: Path, out: Path, log: Path, overrides: list[str] | None = None) -> dict:
+    """fit + test of ``configs/demo/<method>.yaml`` (plus ``overrides``, KEY=VALUE) on ``root`` in a
+    fresh process; metrics and times."""
     config = REPO / "configs" / "demo" / f"{method}.yaml"
     spec = yaml.safe_load(config.read_text())
     extra = []
     if not spec["data"]["class_path"].endswith(".MVTecAD"):
         extra = ["--data", "anomaly_bench.data.MVTecAD"]
     args = ["--config", str(config), *extra, "--data.init_args.root", str(root),
-            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"]
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+            *override_args(list(overrides or []))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-c", "import sys; from anomaly_bench.cli import main; sys.exit(main())"]
     seconds = {}
@@ -94,13 +111,17 @@ def run_one(method: str, root: Path, out: Path, log: Path) -> dict:
         "per_category": {c: {"image_auroc": float(r["image_auroc"]), "pixel_auroc": float(r["pixel_auroc"])}
                          for c, r in rows.items() if c != "mean"},
         "seconds": seconds,
+        "overrides": list(overrides or []),
     }
 
 
 def run_matrix(work: Path, out: Path = DEFAULT_OUT, methods: tuple[str, ...] = METHODS,
                seeds: tuple[int, ...] = SEEDS, families: tuple[str, ...] = tuple(FAMILIES),
-               rerun: bool = False) -> dict:
-    """Run every (method, family, seed) not finished yet under ``work``; write and return the summary."""
+               rerun: bool = False, overrides: tuple[str, ...] = ()) -> dict:
+    """Run every (method, family, seed) not finished yet under ``work``; write and return the summary.
+
+    ``overrides`` (KEY=VALUE) go to every method but the reference.
+    """
     work.mkdir(parents=True, exist_ok=True)
     if REFERENCE not in methods:
         methods = (REFERENCE, *methods)
@@ -111,22 +132,26 @@ def run_matrix(work: Path, out: Path = DEFAULT_OUT, methods: tuple[str, ...] = M
             for method in methods:
                 key = f"{method}/{family}_seed{seed}"
                 record = work / "runs" / method / f"{family}_seed{seed}" / "metrics.json"
+                wanted = [] if method == REFERENCE else list(overrides)
                 if record.is_file() and not rerun:
                     runs[key] = json.loads(record.read_text())
+                    if runs[key].get("overrides", []) != wanted:
+                        raise SystemExit(f"{record}: this run had overrides {runs[key].get('overrides', [])}, not "
+                                         f"{wanted}; use another --work (or --rerun)")
                     continue
                 print(f"[demo_heldout] {key} ...", flush=True)
-                result = run_one(method, root, record.parent / "results", record.parent / "log.txt")
+                result = run_one(method, root, record.parent / "results", record.parent / "log.txt", wanted)
                 atomic_write_json(record, result)
                 runs[key] = result
                 print(f"[demo_heldout] {key}: image AUROC {result['image_auroc']:.3f}, pixel "
                       f"{result['pixel_auroc']:.3f} (fit {result['seconds']['fit']} s, test "
                       f"{result['seconds']['test']} s)", flush=True)
-    summary = summarise(runs, methods, seeds, families)
+    summary = summarise(runs, methods, seeds, families, overrides)
     write_summary(summary, out)
     return summary
 
 
-def summarise(runs: dict[str, dict], methods, seeds, families) -> dict:
+def summarise(runs: dict[str, dict], methods, seeds, families, overrides: tuple[str, ...] = ()) -> dict:
     rows = []
     for family in families:
         ref = {metric: mean(runs[f"{REFERENCE}/{family}_seed{s}"][metric] for s in seeds)
@@ -150,7 +175,8 @@ def summarise(runs: dict[str, dict], methods, seeds, families) -> dict:
         "what": "demo configs at 128 px on data not used to choose their settings (MVTec layout)",
         "seeds": list(seeds), "families": list(families), "size": SIZE, "train_per_category": TRAIN,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS=1",
-        "command": "python benchmarks/demo_heldout.py",
+        "command": " ".join(["python benchmarks/demo_heldout.py", *(f"--set {o}" for o in overrides)]),
+        "overrides": list(overrides),
         "methods": rows,
         "runs": runs,
     }
@@ -174,6 +200,9 @@ def write_summary(summary: dict, out: Path) -> None:
         "same data. Times: wall seconds per run (fit / test) on a shared machine.",
         "",
     ]
+    if summary.get("overrides"):
+        lines += [f"Not the demo configs as shipped: every method but the reference ran with "
+                  f"{', '.join(f'`{o}`' for o in summary['overrides'])}.", ""]
     for family in summary["families"]:
         rows = [r for r in summary["methods"] if r["family"] == family]
         lines += [f"## {family} scenes", "",
@@ -202,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="data, runs and logs (finished runs are reused)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="summary path without suffix (.md, .json)")
     parser.add_argument("--rerun", action="store_true", help="run every cell again")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every method but the reference, e.g. "
+                             "model.init_args.dino_finetune_epochs=3 (repeatable)")
     args = parser.parse_args(argv)
+    override_args(args.overrides)  # malformed ones fail before any run
     summary = run_matrix(args.work, args.out, tuple(args.methods), tuple(args.seeds), tuple(args.families),
-                         args.rerun)
+                         args.rerun, tuple(args.overrides))
     print((args.out.with_suffix(".md")).read_text())
     return 0 if summary else 1
 
