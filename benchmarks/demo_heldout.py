@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -117,10 +118,11 @@ def run_one(method: str, root: Path, out: Path, log: Path, overrides: list[str] 
 
 def run_matrix(work: Path, out: Path = DEFAULT_OUT, methods: tuple[str, ...] = METHODS,
                seeds: tuple[int, ...] = SEEDS, families: tuple[str, ...] = tuple(FAMILIES),
-               rerun: bool = False, overrides: tuple[str, ...] = ()) -> dict:
+               rerun: bool = False, overrides: tuple[str, ...] = (), command: str | None = None) -> dict:
     """Run every (method, family, seed) not finished yet under ``work``; write and return the summary.
 
-    ``overrides`` (KEY=VALUE) go to every method but the reference.
+    ``overrides`` (KEY=VALUE) go to every method but the reference; ``command`` is what the summary
+    says reproduces it.
     """
     work.mkdir(parents=True, exist_ok=True)
     if REFERENCE not in methods:
@@ -146,12 +148,13 @@ def run_matrix(work: Path, out: Path = DEFAULT_OUT, methods: tuple[str, ...] = M
                 print(f"[demo_heldout] {key}: image AUROC {result['image_auroc']:.3f}, pixel "
                       f"{result['pixel_auroc']:.3f} (fit {result['seconds']['fit']} s, test "
                       f"{result['seconds']['test']} s)", flush=True)
-    summary = summarise(runs, methods, seeds, families, overrides)
+    summary = summarise(runs, methods, seeds, families, overrides, command)
     write_summary(summary, out)
     return summary
 
 
-def summarise(runs: dict[str, dict], methods, seeds, families, overrides: tuple[str, ...] = ()) -> dict:
+def summarise(runs: dict[str, dict], methods, seeds, families, overrides: tuple[str, ...] = (),
+              command: str | None = None) -> dict:
     rows = []
     for family in families:
         ref = {metric: mean(runs[f"{REFERENCE}/{family}_seed{s}"][metric] for s in seeds)
@@ -175,7 +178,7 @@ def summarise(runs: dict[str, dict], methods, seeds, families, overrides: tuple[
         "what": "demo configs at 128 px on data not used to choose their settings (MVTec layout)",
         "seeds": list(seeds), "families": list(families), "size": SIZE, "train_per_category": TRAIN,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS=1",
-        "command": " ".join(["python benchmarks/demo_heldout.py", *(f"--set {o}" for o in overrides)]),
+        "command": command or " ".join(["python benchmarks/demo_heldout.py", *(f"--set {o}" for o in overrides)]),
         "overrides": list(overrides),
         "methods": rows,
         "runs": runs,
@@ -234,10 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every method but the reference, e.g. "
                              "model.init_args.dino_finetune_epochs=3 (repeatable)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     override_args(args.overrides)  # malformed ones fail before any run
+    if args.overrides and args.out == DEFAULT_OUT:
+        raise SystemExit("--set judges a variant, not the shipped demo configs: give it its own --out "
+                         f"(not {DEFAULT_OUT.relative_to(REPO)})")
+    command = " ".join(["python benchmarks/demo_heldout.py", *map(shlex.quote, argv)])
     summary = run_matrix(args.work, args.out, tuple(args.methods), tuple(args.seeds), tuple(args.families),
-                         args.rerun, tuple(args.overrides))
+                         args.rerun, tuple(args.overrides), command)
     print((args.out.with_suffix(".md")).read_text())
     return 0 if summary else 1
 

@@ -49,7 +49,19 @@ def test_overrides_reach_every_method_but_the_reference_and_are_recorded(demo_he
     assert demo_heldout.calls == []
 
 
-def test_a_malformed_override_fails_before_any_run(demo_heldout, tmp_path: Path):
+def test_a_malformed_override_or_the_shipped_summary_path_fails_before_any_run(demo_heldout, tmp_path: Path):
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
-        demo_heldout.main(["--methods", "glad", "--work", str(tmp_path), "--set", "dino_finetune_epochs"])
+        demo_heldout.main(["--methods", "glad", "--work", str(tmp_path), "--out", str(tmp_path / "o"),
+                           "--set", "dino_finetune_epochs"])
+    # a variant never overwrites benchmarks/results/demo_heldout_cpu (the shipped configs' figures)
+    with pytest.raises(SystemExit, match="its own --out"):
+        demo_heldout.main(["--methods", "glad", "--work", str(tmp_path), "--set", "model.init_args.x=1"])
     assert demo_heldout.calls == []
+
+
+def test_the_summary_names_the_command_that_reproduces_it(demo_heldout, tmp_path: Path):
+    argv = ["--methods", "glad", "--seeds", "1", "--families", "heldout", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "o"), "--set", "model.init_args.x=1"]
+    assert demo_heldout.main(argv) == 0
+    expected = "python benchmarks/demo_heldout.py " + " ".join(argv)
+    assert f"Command: `{expected}`" in (tmp_path / "o.md").read_text()

@@ -43,11 +43,11 @@ def test_loss_is_one_minus_the_cosine_of_whole_token_maps_plus_the_anchor_term()
     assert float(finetune_loss([a], [a * 3], [a], [a], anchor_weight=0.5)) == pytest.approx(0.0, abs=1e-7)
     # the anchor: λ·[(1 - cos(F_in, F0_in)) + (1 - cos(F_rec, F0_rec))] = 0.5·(1 + 0) on top of 1 - cos(a, b) = 1
     assert float(finetune_loss([a], [b], [b], [b], anchor_weight=0.5)) == pytest.approx(1.5)
-    # one cosine per image over the whole map, not per token: tokens that only swap places still differ
-    c = torch.zeros(1, 2, 2)
-    c[0, 0, 0], c[0, 1, 1] = 1.0, 1.0
-    swapped = c.flip(1)
-    assert float(finetune_loss([c], [swapped], [c], [swapped], 0.0)) == pytest.approx(1.0)
+    # one cosine per image over the whole map, not a mean over tokens: here the per-token mean of
+    # 1 - cos would be (0 + 1) / 2 = 0.5, the whole-map one is 1 - 1 / (sqrt(2) sqrt(101))
+    c = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    d = torch.tensor([[[1.0, 0.0], [0.0, 10.0]]])
+    assert float(finetune_loss([c], [d], [c], [d], 0.0)) == pytest.approx(1 - 1 / (2 ** 0.5 * 101 ** 0.5))
 
 
 def test_only_the_mlps_of_the_score_blocks_are_trained():
@@ -97,8 +97,19 @@ def test_finetuning_pulls_normals_and_their_reconstructions_together_and_leaves_
     original = {k: v.clone() for k, v in model.frozen_ads_dino.vit.state_dict().items()}
     normals = textured(16, torch.Generator().manual_seed(1))
     uint8 = ((normals + 1) * 127.5).round().to(torch.uint8)  # what the Lightning module keeps
-    with torch.inference_mode():  # Lightning calls it from a validation hook
-        losses = finetune_scoring_dino(model, {"toy": uint8}, epochs=6, lr=3e-3, batch_size=8, seed=0)
+    entered: list[int] = []
+
+    class Precision:  # stands in for the trainer's precision context: the pairs are made inside it
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    with torch.inference_mode():  # Lightning may call it under inference mode or no_grad
+        losses = finetune_scoring_dino(model, {"toy": uint8}, epochs=6, lr=3e-3, batch_size=8, seed=0,
+                                       pair_context=Precision)
+    assert entered == [1, 1]  # once per chunk of 8 normals
     assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
     changed = {k for k, v in model.dino.vit.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("blocks.1.mlp.", "blocks.3.mlp.")) for k in changed), changed
@@ -119,6 +130,15 @@ def test_finetuning_pulls_normals_and_their_reconstructions_together_and_leaves_
     assert float(tuned) < 0.7 * float(plain)
 
 
+def test_the_kept_normals_serve_both_calibration_and_finetuning():
+    options = dict(diffusion="tiny", dino="tiny", tiny_image_size=16, unet_width=16, dino_resolution=16,
+                   score_layers=(4,), ads_layer=4, calibration_images=16)
+    assert GLAD(**options)._reservoir_size() == 16
+    assert GLAD(**options, dino_finetune_epochs=1, dino_finetune_images=40)._reservoir_size() == 40
+    assert GLAD(**options, dino_finetune_epochs=1, dino_finetune_images=None)._reservoir_size() == float("inf")
+    assert GLAD(**options, dino_finetune_images=None)._reservoir_size() == 16  # no fine-tuning: no extra images
+
+
 def test_bad_finetuning_options_name_the_key():
     with pytest.raises(ValueError, match="dino_finetune_pairs"):
         GLAD(diffusion="tiny", dino="tiny", tiny_image_size=16, unet_width=16, dino_resolution=16,
@@ -129,11 +149,19 @@ def test_bad_finetuning_options_name_the_key():
 
 
 # -------------------------------------------------------------------------- Lightning fit
-def test_fit_finetunes_before_the_checkpoint_and_any_checkpoint_loads_either_way(tmp_path: Path):
+def test_fit_finetunes_once_before_the_last_validation_and_checkpoint_and_any_checkpoint_loads_either_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
+    from anomaly_bench.models.glad import lightning_model
     from anomaly_bench.types import collate_items
+
+    runs: list[int] = []
+    real = lightning_model.finetune_scoring_dino
+    monkeypatch.setattr(lightning_model, "finetune_scoring_dino",
+                        lambda model, *args, **kwargs: runs.append(1) or real(model, *args, **kwargs))
 
     def module(**overrides) -> GLAD:
         kwargs = dict(diffusion="tiny", dino="tiny", tiny_image_size=16, unet_width=16, dino_resolution=16,
@@ -148,20 +176,26 @@ def test_fit_finetunes_before_the_checkpoint_and_any_checkpoint_loads_either_way
     items = [dict(image=img, label=0, mask=torch.zeros(16, 16), orig_size=(16, 16), category="toy",
                   defect="good", path=f"n{i}") for i, img in enumerate(textured(8, g))]
     loader = DataLoader(items, batch_size=4, collate_fn=collate_items)
+    val = DataLoader(items[:4], batch_size=4, collate_fn=collate_items)
     torch.manual_seed(0)
     tuned = module(dino_finetune_epochs=2, dino_finetune_lr=3e-3, dino_finetune_batch_size=4, dino_finetune_images=6)
     original = {k: v.clone() for k, v in tuned.model.dino.state_dict().items()}
-    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False)
-    trainer.fit(tuned, loader)
+    at_validation: list[bool] = []
+    tuned.on_validation_epoch_start = lambda: at_validation.append(
+        any(not torch.equal(v, original[k]) for k, v in tuned.model.dino.state_dict().items()))
+    trainer = Trainer(max_epochs=2, check_val_every_n_epoch=2, num_sanity_val_steps=0, accelerator="cpu",
+                      logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    trainer.fit(tuned, loader, val)
+    assert runs == [1]  # once per fit
+    assert at_validation == [True]  # the final validation already scores with the fine-tuned DINO
     assert {len(s) for s in tuned._reservoir.values()} == {6}  # max(calibration_images, dino_finetune_images)
     assert set(tuned.calibrated_tau) == {"toy"}
-    assert any(not torch.equal(v, original[k]) for k, v in tuned.model.dino.state_dict().items())
     assert all(torch.equal(v, original[k]) for k, v in tuned.model.frozen_ads_dino.state_dict().items())
-    trainer.save_checkpoint(tmp_path / "tuned.ckpt")
 
-    # the fine-tuned checkpoint into a module configured without fine-tuning: both DINOs come back
-    checkpoint = torch.load(tmp_path / "tuned.ckpt", weights_only=False)
+    # last.ckpt (written after that validation) holds the fine-tuned DINO and the original for ADS;
+    # loaded into a module configured without fine-tuning, both come back
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     plain = module()
     plain.on_load_checkpoint(checkpoint)
     plain.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -19,8 +19,10 @@ keeps a frozen copy of the original DINO:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -89,12 +91,15 @@ def finetune_scoring_dino(
     pairs: FinetunePairs = "reconstruction",
     start_step: int | None = None,
     seed: int = 0,
+    pair_context: Callable[[], AbstractContextManager] | None = None,
 ) -> list[float]:
     """Fine-tune ``model.dino`` (the scoring DINO) in place; returns the mean loss of each epoch.
 
     ``normals_by_category``: ``{category: [N, 3, H, W]}`` normal training images, uint8 0..255 or
     float in [-1, 1]. ADS must already have its own copy (``model.separate_ads_dino()``); that copy
-    is also the original the anchor term compares with.
+    is also the original the anchor term compares with. ``pair_context`` (e.g. the trainer's
+    precision context) is entered while the pairs are made, so they carry the test's rounding; the
+    ViT itself trains in its own dtype without autocast.
     """
     if pairs not in FINETUNE_PAIRS:
         raise ValueError(f"GLAD dino_finetune_pairs must be one of {FINETUNE_PAIRS}, got {pairs!r}")
@@ -109,11 +114,13 @@ def finetune_scoring_dino(
         for chunk in images.split(batch_size):
             chunk = chunk.float() / 127.5 - 1 if chunk.dtype == torch.uint8 else chunk.float()
             chunk = chunk.to(device)
+            with pair_context() if pair_context is not None else contextlib.nullcontext():
+                partner = make_pairs(model, chunk, category, pairs, start_step, generator)
             # both sides stored as the DINO sees them, on the CPU in half precision (many images)
             inputs.append(model.scoring_input(chunk).half().cpu())
-            partners.append(model.scoring_input(make_pairs(model, chunk, category, pairs, start_step,
-                                                            generator)).half().cpu())
+            partners.append(model.scoring_input(partner).half().cpu())
     inputs_all, partners_all = torch.cat(inputs), torch.cat(partners)
+    del inputs, partners  # not twice in memory
     count = inputs_all.shape[0]
 
     dino, original = model.dino, model.frozen_ads_dino

@@ -60,8 +60,8 @@ class GLAD(AnomalyModule):
         calibration_images: training normals kept per category for the τ calibration.
         dino_finetune_epochs: epochs of fine-tuning the scoring DINO on pairs of a training normal
             and its reconstruction at the end of fit (``dino_finetune.py``; official: 15 for VisA and
-            PCB-Bank, none for MVTec AD / MPDD); 0 switches it off. ADS keeps a frozen copy of the
-            original DINO either way.
+            PCB-Bank, none for MVTec AD / MPDD); 0 switches it off. With fine-tuning, ADS gets a frozen
+            copy of the original DINO (without, ADS and scoring share one).
         dino_finetune_lr: Adam learning rate of that fine-tuning (official 3e-4).
         dino_finetune_anchor: weight λ of the term that keeps the fine-tuned features near the
             original DINO's (official 0.01).
@@ -71,7 +71,8 @@ class GLAD(AnomalyModule):
             helper produces as released).
         dino_finetune_start: the diffusion step the pairs start from; None uses each category's
             t_min (official: 200, its test t_min).
-        dino_finetune_images: training normals kept per category for the fine-tuning.
+        dino_finetune_images: training normals kept per category for the fine-tuning (None: all of
+            them, as the official code; they are kept as uint8 on the CPU).
         **model_options: the options of ``GLADModel`` (diffusion, DINO, ADS, scoring, the
             per-category tables, object masks, seed).
     """
@@ -99,7 +100,7 @@ class GLAD(AnomalyModule):
         dino_finetune_batch_size: int = 16,
         dino_finetune_pairs: FinetunePairs = "reconstruction",
         dino_finetune_start: int | None = None,
-        dino_finetune_images: int = 200,
+        dino_finetune_images: int | None = 200,
         **model_options: Any,
     ) -> None:
         super().__init__()
@@ -109,7 +110,8 @@ class GLAD(AnomalyModule):
             raise ValueError(f"GLAD tau_quantile must be in (0, 1], got {tau_quantile}")
         if dino_finetune_pairs not in FINETUNE_PAIRS:
             raise ValueError(f"GLAD dino_finetune_pairs must be one of {FINETUNE_PAIRS}, got {dino_finetune_pairs!r}")
-        if dino_finetune_epochs < 0 or dino_finetune_batch_size < 1 or dino_finetune_images < 1:
+        if dino_finetune_epochs < 0 or dino_finetune_batch_size < 1 or (dino_finetune_images is not None
+                                                                        and dino_finetune_images < 1):
             raise ValueError("GLAD dino_finetune_epochs must be >= 0, dino_finetune_batch_size and dino_finetune_images "
                              f">= 1; got {dino_finetune_epochs}, {dino_finetune_batch_size}, {dino_finetune_images}")
         self.save_hyperparameters()
@@ -149,11 +151,13 @@ class GLAD(AnomalyModule):
         return self.hparams.grad_clip_norm
 
     # -------------------------------------------------------------------------- calibration
-    def _reservoir_size(self) -> int:
-        """Training normals to keep per category: for τ calibration and for the DINO fine-tuning."""
+    def _reservoir_size(self) -> float:
+        """Training normals to keep per category: for τ calibration and for the DINO fine-tuning
+        (inf: all of them)."""
         hp = self.hparams
-        return max(hp.calibration_images if hp.tau_mode == "calibrate" else 0,
-                   hp.dino_finetune_images if hp.dino_finetune_epochs > 0 else 0)
+        finetune = 0 if hp.dino_finetune_epochs <= 0 else \
+            float("inf") if hp.dino_finetune_images is None else hp.dino_finetune_images
+        return max(hp.calibration_images if hp.tau_mode == "calibrate" else 0, finetune)
 
     def _remember_normals(self, batch: Batch) -> None:
         """Keep the first ``_reservoir_size()`` clean training images per category (uint8, CPU)."""
@@ -195,10 +199,12 @@ class GLAD(AnomalyModule):
             return
         hp = self.hparams
         if hp.dino_finetune_epochs > 0:
+            precision = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
             finetune_scoring_dino(self.model, self._kept_normals(hp.dino_finetune_images), hp.dino_finetune_epochs,
                                   lr=hp.dino_finetune_lr, anchor_weight=hp.dino_finetune_anchor,
                                   batch_size=hp.dino_finetune_batch_size, pairs=hp.dino_finetune_pairs,
-                                  start_step=hp.dino_finetune_start, seed=self.model.inference_seed)
+                                  start_step=hp.dino_finetune_start, seed=self.model.inference_seed,
+                                  pair_context=precision.forward_context if precision is not None else None)
         if hp.tau_mode == "calibrate":
             self.calibrate_tau(self._kept_normals(hp.calibration_images))
         self._finished_this_fit = True
