@@ -65,3 +65,20 @@ def test_the_summary_names_the_command_that_reproduces_it(demo_heldout, tmp_path
     assert demo_heldout.main(argv) == 0
     expected = "python benchmarks/demo_heldout.py " + " ".join(argv)
     assert f"Command: `{expected}`" in (tmp_path / "o.md").read_text()
+
+
+def test_the_tuning_set_is_seed_0_of_all_six_standard_scenes_and_judges_nothing(demo_heldout, tmp_path: Path):
+    written: list[tuple[str, int]] = []
+    demo_heldout.data_root = lambda work, family, seed: written.append((family, seed)) or tmp_path / "d"
+    assert demo_heldout.TUNING["categories"] == ["grid", "ring", "weave", "wood", "board", "pins"]
+    assert demo_heldout.main(["--tune", "--methods", "glad", "--work", str(tmp_path / "w"),
+                              "--out", str(tmp_path / "tune")]) == 0
+    assert written == [("tuning", 0)]
+    assert (tmp_path / "tune.md").read_text().startswith("# Demo configs on the tuning set")
+    # seed 0 never judges; the tuning set is not mixed with judging data; its table has its own path
+    with pytest.raises(SystemExit, match="tuning seed"):
+        demo_heldout.run_matrix(tmp_path / "w", tmp_path / "o", ("glad",), (0, 1), ("heldout",))
+    with pytest.raises(SystemExit, match="tuning set is seed 0"):
+        demo_heldout.run_matrix(tmp_path / "w", tmp_path / "o", ("glad",), (0,), ("tuning", "heldout"))
+    with pytest.raises(SystemExit, match="its own --out"):
+        demo_heldout.main(["--tune", "--methods", "glad", "--work", str(tmp_path / "w")])
