@@ -24,9 +24,10 @@ Finished runs are reused (``<work>/runs/<method>/<data>/metrics.json``), so an i
 resumes; ``--rerun`` starts over. ``--tune`` runs the tuning set instead: seed 0 of all six standard
 scenes (grid, ring, weave, wood, board, pins), where settings are chosen; a setting chosen on a part
 of it can fail on the rest (GLAD's scoring-DINO fine-tuning won on weave, wood, board and pins and
-lost on grid and ring). The judging families refuse seed 0. ``--set KEY=VALUE`` (repeatable) passes ``--KEY VALUE`` to the fit
-and test of every method but the reference, to judge a variant of a demo config; its runs remember
-the overrides, and a work folder whose runs had others is refused (use another ``--work``).
+lost on grid and ring). The judging families refuse seed 0. ``--set KEY=VALUE`` (repeatable)
+passes ``--KEY VALUE`` to the fit and test of every method but the reference, to try a variant of a
+demo config; its runs remember the overrides, and a work folder whose runs had others is refused
+(use another ``--work``).
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def summarise(runs: dict[str, dict], methods, seeds, families, overrides: tuple[
                 "test_s": round(mean(r["seconds"]["test"] for r in results), 1),
             })
     return {
-        "what": "demo configs at 128 px on data not used to choose their settings (MVTec layout)",
+        "what": ("demo configs at 128 px on the tuning set, where settings are chosen (MVTec layout)"
+                 if tuple(families) == (TUNING_FAMILY,) else
+                 "demo configs at 128 px on data not used to choose their settings (MVTec layout)"),
         "seeds": list(seeds), "families": list(families), "size": SIZE, "train_per_category": TRAIN,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, OMP_NUM_THREADS=1",
         "command": command or " ".join(["python benchmarks/demo_heldout.py", *(f"--set {o}" for o in overrides)]),
