@@ -199,12 +199,11 @@ class GLAD(AnomalyModule):
             return
         hp = self.hparams
         if hp.dino_finetune_epochs > 0:
-            precision = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
             finetune_scoring_dino(self.model, self._kept_normals(hp.dino_finetune_images), hp.dino_finetune_epochs,
                                   lr=hp.dino_finetune_lr, anchor_weight=hp.dino_finetune_anchor,
                                   batch_size=hp.dino_finetune_batch_size, pairs=hp.dino_finetune_pairs,
                                   start_step=hp.dino_finetune_start, seed=self.model.inference_seed,
-                                  pair_context=precision.forward_context if precision is not None else None)
+                                  pair_context=self._test_precision)
         if hp.tau_mode == "calibrate":
             self.calibrate_tau(self._kept_normals(hp.calibration_images))
         self._finished_this_fit = True
@@ -217,14 +216,18 @@ class GLAD(AnomalyModule):
         if self.hparams.tau_mode == "calibrate" and missing:
             self.calibrate_tau(missing)
 
+    def _test_precision(self) -> contextlib.AbstractContextManager:
+        """The trainer's precision context (autocast) that test steps run in; none without a trainer."""
+        precision = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
+        return precision.forward_context() if precision is not None else contextlib.nullcontext()
+
     @torch.no_grad()
     def calibrate_tau(self, normals_by_category: dict[str, Tensor], batch_size: int = 8) -> dict[str, float]:
         """Set τ per category from normal images ([N, 3, H, W], uint8 0..255 or float in [-1, 1])."""
         was_training = self.training
         self.eval()
         # the same autocast as the test steps, so calibrated and tested distances are comparable
-        precision = getattr(self._trainer, "precision_plugin", None) if self._trainer is not None else None
-        with precision.forward_context() if precision is not None else contextlib.nullcontext():
+        with self._test_precision():
             for category, images in normals_by_category.items():
                 self.calibrated_tau[category] = self._calibrated_value(category, images, batch_size)
         self.train(was_training)
