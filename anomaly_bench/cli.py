@@ -485,8 +485,8 @@ def _option_value(argv: list[str], index: int) -> tuple[str | None, int]:
     return (argv[index + 1], index + 2) if index + 1 < len(argv) else (None, index + 1)
 
 
-def _model_alias(value: str) -> str:
-    """``crad`` -> ``CRAD``; an unknown short name is a one-line error with the closest names."""
+def _model_alias(value: str, key: str = "--model") -> str:
+    """``crad`` -> ``CRAD``; an unknown short name is a one-line error (naming ``key``) with the closest names."""
     if "." in value or value in MODELS:
         return value
     if value in CONFIG_NAMES:
@@ -501,7 +501,7 @@ def _model_alias(value: str) -> str:
     close = difflib.get_close_matches(value, known, n=3, cutoff=0.5) or \
         difflib.get_close_matches(value.lower(), [k.lower() for k in known], n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"--model {value!r} is not a known model{hint} Known: {', '.join(known)} "
+    raise ConfigError(f"{key} {value!r} is not a known model{hint} Known: {', '.join(known)} "
                       "(or a full class path such as my_package.MyModel)")
 
 
@@ -515,7 +515,7 @@ def _subclass_names(base: type) -> list[str]:
     return sorted(found)
 
 
-def _data_alias(value: str) -> str:
+def _data_alias(value: str, key: str = "--data") -> str:
     if "." in value or value in DATAMODULES or value in _subclass_names(AnomalyDataModule):
         return value
     lowered = {name.lower(): name for name in DATAMODULES}
@@ -523,7 +523,7 @@ def _data_alias(value: str) -> str:
         return lowered[value.lower()]
     close = difflib.get_close_matches(value, list(DATAMODULES), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"--data {value!r} is not a known datamodule{hint} Known: {', '.join(DATAMODULES)}")
+    raise ConfigError(f"{key} {value!r} is not a known datamodule{hint} Known: {', '.join(DATAMODULES)}")
 
 
 _OLD_MODEL_KEY = re.compile(r"^--model\.(?:init_args\.)?(\w+)$")
@@ -535,10 +535,21 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     out: list[str] = []
     notes: list[str] = []
     model_class: type | None = None
+    named_model: str | None = None  # --model NAME (not a config): what a plain --help documents
     index = 0
     while index < len(argv):
         arg = argv[index]
         key = arg.split("=", 1)[0]
+        if key in ("--model.help", "--data.help"):
+            # jsonargparse wants a class path here; accept the names --model / --data accept
+            value, index = _option_value(argv, index)
+            if value is not None and not value.startswith("-"):
+                value = _model_alias(value, key) if key == "--model.help" else _data_alias(value, key)
+                out += [key, value]
+            else:
+                out.append(key)
+                index -= value is not None  # that "value" was the next option: keep it
+            continue
         if key in ("--model", "--data"):
             value, index = _option_value(argv, index)
             if value is not None and not value.startswith(("{", "[")) and not value.endswith((".yaml", ".yml")):
@@ -546,6 +557,7 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
                 if key == "--model":
                     model_class = _import_class(MODELS.get(value, "") + f".{value}") if value in MODELS \
                         else _import_class(value)
+                    named_model = value
             out += [key, value] if value is not None else [key]
             continue
         if key in ("--config", "-c"):
@@ -577,6 +589,10 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
                 continue
         out.append(arg)
         index += 1
+    if named_model is not None and any(a in ("-h", "--help") for a in out):
+        # `fit --model crad --help` means the method's options: jsonargparse's plain --help lists the
+        # Trainer's and only a placeholder for a subclass, so ask for the subclass's help instead
+        out = [a for a in out if a not in ("-h", "--help")] + ["--model.help", named_model]
     return out, notes
 
 

@@ -72,3 +72,43 @@ def test_the_check_catches_missing_and_placeholder_help() -> None:
     assert any(p.startswith("alpha") for p in problems)
     assert any(p.startswith("beta_value") for p in problems)
     assert any(p.startswith("gamma") for p in problems)
+
+
+def _cli_help(capsys, argv: list[str]) -> str:
+    from anomaly_bench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["fit", "--model", "crad", "--help"],  # the command README.md documents
+    ["fit", "--model=CRAD", "-h"],
+    ["fit", "--model.help", "crad"],        # jsonargparse's own flag, with the config name
+    ["test", "--model.help", "anomaly_bench.models.crad.lightning_model.CRAD"],
+])
+def test_the_documented_help_commands_print_the_methods_options_and_their_help(capsys, argv: list[str]) -> None:
+    out = _cli_help(capsys, argv)
+    assert "--model.grid_lr" in out and "--model.feature_cache" in out
+    # the Args: text, not only the flag
+    grid_lr_help = " ".join(out.split("--model.grid_lr GRID_LR", 2)[-1].split()[:40])
+    assert "learning rate" in grid_lr_help.lower(), grid_lr_help
+
+
+def test_plain_help_without_a_model_stays_the_trainers(capsys) -> None:
+    out = _cli_help(capsys, ["fit", "--help"])
+    assert "--trainer.max_epochs" in out and "--model.grid_lr" not in out
+
+
+def test_data_help_accepts_the_datamodules_short_name(capsys) -> None:
+    out = _cli_help(capsys, ["fit", "--data.help", "mvtecad"])
+    assert "--data.category" in out
+
+
+def test_a_misspelt_name_in_model_help_names_that_flag(capsys) -> None:
+    from anomaly_bench.cli import ConfigError, main
+
+    with pytest.raises(ConfigError, match=r"--model.help 'crd' is not a known model; did you mean 'crad'"):
+        main(["fit", "--model.help", "crd"])
