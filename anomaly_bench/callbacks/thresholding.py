@@ -28,7 +28,6 @@ from anomaly_bench.metrics.thresholds import (
     NormalScores,
     PixelSketch,
     Thresholds,
-    ThresholdError,
     as_thresholds,
     fixed_thresholds,
 )
@@ -50,8 +49,10 @@ class Thresholding(Callback):
             the normal false-positive rate the deployed model aims for (default 1 %).
         image_threshold: a fixed image-score threshold used instead of a fitted one.
         pixel_threshold: a fixed pixel threshold used instead of a fitted one.
-        min_normals: fewest normal validation images per category to fit from; fewer is an error
-            at the end of fit (a quantile of three scores means nothing).
+        min_normals: fewest normal validation images per category to fit from (a quantile of three
+            scores means nothing): a category with fewer gets no threshold, and a warning names it
+            and the count. It is not an error, so a fit with a small validation split still ends
+            with its checkpoint and its AUROC; predict then gives that category no verdict.
     """
 
     wants_validation_normals = True
@@ -61,6 +62,8 @@ class Thresholding(Callback):
                  min_normals: int = 5) -> None:
         if not 0.0 < float(target_fpr) < 1.0:
             raise ValueError(f"Thresholding target_fpr must be in (0, 1), got {target_fpr!r}")
+        if int(min_normals) < 1:
+            raise ValueError(f"Thresholding min_normals must be at least 1, got {min_normals!r}")
         self.enabled = bool(enabled)
         self.wants_validation_normals = self.enabled and image_threshold is None
         self.target_fpr = float(target_fpr)
@@ -104,7 +107,7 @@ class Thresholding(Callback):
         stored = {category: {"image": torch.from_numpy(c.image_scores.copy()), "pixel": c.pixels.state_dict()}
                   for category, c in collected.items()}
         pl_module.normal_scores = stored
-        pl_module.thresholds = self._fit(stored, trainer, strict=False)
+        pl_module.thresholds = self._fit(stored, trainer)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or self.image_threshold is not None:
@@ -115,7 +118,7 @@ class Thresholding(Callback):
                         "split (data.init_args.validation: train_holdout or validation)")
 
     # --------------------------------------------------------------------------- fitting
-    def _fit(self, stored: dict[str, dict[str, Any]], trainer: Trainer | None, strict: bool) -> dict[str, Thresholds]:
+    def _fit(self, stored: dict[str, dict[str, Any]], trainer: Trainer | None) -> dict[str, Thresholds]:
         fixed = self._fixed()
         if fixed is not None:
             return {category: fixed for category in stored} or {"all": fixed}
@@ -126,8 +129,6 @@ class Thresholding(Callback):
             if len(images) < self.min_normals:
                 message = (f"Thresholding: only {len(images)} normal validation image(s) of category {category!r} "
                            f"(at least {self.min_normals} needed to fit a threshold)")
-                if strict:
-                    raise ThresholdError(message)
                 log.warning("%s; no threshold for it", message)
                 continue
             collector = NormalScores(pixel_capacity=STORED_PIXELS)
@@ -153,7 +154,7 @@ class Thresholding(Callback):
         stored = getattr(pl_module, "normal_scores", None) or {}
         targets = {as_thresholds(t).target_fpr for t in current.values()}
         if stored and targets != {self.target_fpr}:
-            pl_module.thresholds = self._fit(stored, trainer, strict=False)  # a new target: refit, never refine
+            pl_module.thresholds = self._fit(stored, trainer)  # a new target: refit, never refine
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._apply(trainer, pl_module)
