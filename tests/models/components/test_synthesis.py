@@ -82,9 +82,113 @@ def test_shuffle_tiles_permutes_tiles():
 @pytest.mark.parametrize("index", range(len(AUGMENTERS)))
 def test_each_augmenter_keeps_shape_and_range(index):
     image = torch.rand(3, 16, 16, generator=gen(index))
-    out = AUGMENTERS[index](image, gen(index)).clamp(0, 1)
+    out = AUGMENTERS[index](image, gen(index))
     assert out.shape == image.shape and torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1, AUGMENTERS[index].__name__
+    assert not torch.allclose(out, image, atol=1e-3), f"{AUGMENTERS[index].__name__} left the image unchanged"
     assert augment(image, 3, gen(0)).shape == image.shape
+
+
+def _draw(seed: int) -> float:
+    """The first uniform [0, 1) draw an augmenter makes from gen(seed)."""
+    return float(torch.rand(1, generator=gen(seed)))
+
+
+def _augmenter(name: str):
+    return next(a for a in AUGMENTERS if a.__name__ == name)
+
+
+def test_the_ten_augmenters_are_the_draem_memseg_set():
+    assert sorted(a.__name__ for a in AUGMENTERS) == sorted(
+        ["_gamma", "_brightness", "_sharpness", "_hue_saturation", "_solarize", "_posterize", "_invert",
+         "_autocontrast", "_equalize", "_rotate"])
+
+
+def test_gamma_raises_each_channel_to_one_power_in_half_to_two():
+    image = torch.rand(3, 8, 8, generator=gen(1)) * 0.9 + 0.05
+    out = _augmenter("_gamma")(image, gen(2))
+    powers = (out.log() / image.log()).flatten(1)
+    expected = 0.5 + 1.5 * torch.rand(3, generator=gen(2))
+    assert torch.allclose(powers, expected[:, None].expand_as(powers), atol=1e-4)
+
+
+def test_brightness_is_one_gain_and_one_offset_then_clipped():
+    image = torch.linspace(0.2, 0.8, 3 * 8 * 8).reshape(3, 8, 8)  # no pixel reaches a clip
+    out = _augmenter("_brightness")(image, gen(3))
+    g = gen(3)
+    gain, offset = 0.8 + 0.4 * float(torch.rand(1, generator=g)), (-30 + 60 * float(torch.rand(1, generator=g))) / 255
+    assert torch.allclose(out, image * gain + offset, atol=1e-6)
+    assert _augmenter("_brightness")(torch.ones(3, 4, 4), gen(3)).max() <= 1
+
+
+def test_solarize_inverts_exactly_the_pixels_at_or_above_its_threshold():
+    image = torch.linspace(0, 1, 3 * 16 * 16).reshape(3, 16, 16)
+    out = _augmenter("_solarize")(image, gen(4))
+    threshold = (32 + 96 * _draw(4)) / 255
+    high = image >= threshold
+    assert torch.allclose(out[high], 1 - image[high]) and torch.equal(out[~high], image[~high])
+
+
+def test_posterize_keeps_only_the_top_bits():
+    image = torch.rand(3, 16, 16, generator=gen(5))
+    out = _augmenter("_posterize")(image, gen(6))
+    bits = int(torch.randint(1, 8, (1,), generator=gen(6)))
+    levels = (out * 255).round().to(torch.int64)
+    assert (levels % 2 ** (8 - bits) == 0).all()
+    assert len(levels.unique()) <= 2 ** bits
+
+
+def test_invert_autocontrast_and_equalize_known_answers():
+    image = torch.rand(3, 16, 16, generator=gen(7)) * 0.5 + 0.2  # range 0.2..0.7
+    assert torch.allclose(_augmenter("_invert")(image, None), 1 - image)
+    stretched = _augmenter("_autocontrast")(image, None)
+    assert torch.allclose(stretched.flatten(1).amin(1), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(stretched.flatten(1).amax(1), torch.ones(3), atol=1e-6)
+    # autocontrast is a per-channel affine stretch: order and ratios of differences are kept
+    low, high = image.flatten(1).amin(1), image.flatten(1).amax(1)
+    assert torch.allclose(stretched, (image - low[:, None, None]) / (high - low)[:, None, None], atol=1e-5)
+    # histogram equalisation: a monotone map per channel whose output spreads over the whole range
+    # (64 x 64: PIL's rule leaves images of <= 256 pixels unchanged, its step rounds to 0)
+    large = torch.rand(3, 64, 64, generator=gen(7)) * 0.5 + 0.2
+    equalized = _augmenter("_equalize")(large, None)
+    for c in range(3):
+        order = large[c].flatten().argsort()
+        assert (equalized[c].flatten()[order].diff() >= 0).all()
+        assert equalized[c].max() == 1.0 and equalized[c].min() < 0.05
+
+
+def test_hue_and_saturation_leave_greys_grey_and_move_colours():
+    grey = torch.rand(1, 8, 8, generator=gen(8)).expand(3, 8, 8).clone()
+    assert torch.allclose(_augmenter("_hue_saturation")(grey, gen(9)), grey, atol=1e-5)
+    colour = torch.zeros(3, 8, 8)
+    colour[0] = 0.9
+    colour[1] = 0.2
+    colour[2] = 0.1
+    assert not torch.allclose(_augmenter("_hue_saturation")(colour, gen(9)), colour, atol=1e-2)
+
+
+def test_sharpness_leaves_flat_images_alone_and_changes_edges():
+    flat = torch.full((3, 8, 8), 0.4)
+    assert torch.allclose(_augmenter("_sharpness")(flat, gen(10)), flat)
+    edge = torch.zeros(3, 8, 8)
+    edge[:, :, 4:] = 0.8
+    edge[:, 3:5, 2:6] = 0.5
+    assert not torch.allclose(_augmenter("_sharpness")(edge, gen(10)), edge, atol=1e-3)
+
+
+def test_rotate_turns_the_image_about_its_centre_by_up_to_45_degrees():
+    import math
+
+    image = torch.zeros(3, 33, 33)
+    image[:, 16, 28] = 1.0  # a dot 12 px right of the centre (16, 16)
+    out = _augmenter("_rotate")(image, gen(11))
+    angle = -45 + 90 * _draw(11)  # degrees, counter-clockwise
+    weights = out[0]
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    cy, cx = float((ys * weights).sum() / weights.sum()), float((xs * weights).sum() / weights.sum())
+    turn = math.radians(angle)
+    assert (cy, cx) == pytest.approx((16 - 12 * math.sin(turn), 16 + 12 * math.cos(turn)), abs=0.6)
+    assert out[:, 0, 0].eq(0).all()  # the corners are filled with black
 
 
 def test_texture_folder_source(tmp_path: Path):
