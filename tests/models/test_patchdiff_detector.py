@@ -122,6 +122,35 @@ def test_pixel_statistics_and_pixel_fusion_by_hand():
     assert "pixel_stats_0" in state and state["pixel_stats_1"].shape == (2, 48, 48)
 
 
+def test_global_statistics_and_standardized_sum_by_hand():
+    specs = [DetectorSpec(64, [5], "a"), DetectorSpec(48, [5], "b")]
+    torch.manual_seed(1)
+    model = PatchDiffCategoryModel(specs, generator_channels=4, detector_width=0.0625).eval()
+    with torch.no_grad():  # spread the near-constant random logits (statistics far from neutral)
+        for detector in model.detectors:
+            detector.classifier.weight.mul_(1e4)
+    normals = torch.rand(5, 3, 64, 80) * 2 - 1
+    model.compute_fusion_stats(normals, chunk=3)
+    for d, (maps, peak) in enumerate(model.placed_maps(normals)):
+        on_image = F.interpolate(maps[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0].double()
+        expected = torch.stack([on_image.mean(), on_image.std(unbiased=False), peak.double().mean(),
+                                peak.double().std()]).float()
+        torch.testing.assert_close(model.fusion_stats[d], expected, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model.fusion_stats[d], torch.tensor([0.0, 1.0, 0.0, 1.0]), atol=1e-2)
+    test = torch.rand(2, 3, 64, 80) * 2 - 1
+    expected_map, expected_sum = torch.zeros(2, 64, 80), torch.zeros(2)
+    for d, (maps, peak) in enumerate(model.placed_maps(test)):
+        map_mean, map_std, max_mean, max_std = model.fusion_stats[d]
+        on_image = F.interpolate(maps[:, None], size=(64, 80), mode="bilinear", align_corners=False)[:, 0]
+        expected_map += (on_image - map_mean) / map_std
+        expected_sum += (peak - max_mean) / max_std
+    out = model.score(test, blur_sigma=0.0, map_fusion="standardized_sum", image_score="sum_of_max")
+    torch.testing.assert_close(out.anomaly_map, expected_map, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.pred_score, expected_sum, rtol=1e-4, atol=1e-4)
+    raw = model.score(test, blur_sigma=0.0, map_fusion="sum", image_score="sum_of_max")
+    assert not torch.allclose(raw.anomaly_map, out.anomaly_map, atol=1e-2)  # the statistics did something
+
+
 def test_detector_spec_errors_are_clear():
     with pytest.raises(ValueError, match="input_size"):
         DetectorSpec(20, [5])
