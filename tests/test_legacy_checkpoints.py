@@ -82,7 +82,21 @@ def test_old_config_and_checkpoint_run_through_the_cli(tmp_path: Path, capsys) -
           "--run_dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert "deprecated" in err and "blur_anomaly_map" in err
-    assert (tmp_path / "run" / "metrics.csv").is_file()
+    import csv
+    import math
+
+    rows = {r["category"]: r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())}
+    assert set(rows) == {"bottle", "mean"}
+    test_images = sorted((root / "bottle" / "test").glob("*/*.png"))
+    anomalous = [p for p in test_images if p.parent.name != "good"]
+    assert int(float(rows["bottle"]["num_images"])) == len(test_images) == 3 + len(anomalous)
+    assert int(float(rows["bottle"]["num_anomalous"])) == len(anomalous) > 0
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro"):  # computed, not left empty or NaN
+        value = float(rows["bottle"][key])
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, (key, value)
+    with (tmp_path / "run" / "scores.csv").open() as handle:
+        scores = list(csv.DictReader(handle))
+    assert len(scores) == len(test_images) and all(math.isfinite(float(r["pred_score"])) for r in scores)
 
 
 def test_conflicting_old_and_new_names_are_refused() -> None:
