@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,12 +69,45 @@ def test_fit_then_test_writes_a_complete_run_directory(synth_mvtec: Path, tmp_pa
         scores = list(csv.DictReader(handle))
     test_images = [p for p in synth_mvtec.glob("*/test/*/*.png")]
     assert len(scores) == len(test_images)
+    check_scores_file(run, scores)
     heatmaps = list((run / "heatmaps").rglob("*.png"))
     assert heatmaps and len(heatmaps) <= 2 * 8  # bounded per category (default 8)
 
     # a second fit makes a new version; `latest` follows it
     main(["fit", *base_args(synth_mvtec, results, "--trainer.max_epochs", "1")])
     assert latest(results).name == "version_1"
+
+
+def check_scores_file(run: Path, rows: list[dict[str, str]]) -> None:
+    """scores.csv's verdicts, thresholds, normalised scores and masks follow from the checkpoint's thresholds."""
+    import cv2
+
+    from anomaly_bench.metrics.thresholds import Thresholds
+    from anomaly_bench.models.base import CHECKPOINT_KEY
+
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    thresholds = {c: Thresholds.from_dict(t) for c, t in checkpoint[CHECKPOINT_KEY]["thresholds"].items()}
+    assert set(thresholds) == {"all", "bottle", "carpet"}
+    flagged: dict[int, list[float]] = {0: [], 1: []}
+    verdicts: dict[int, list[int]] = {0: [], 1: []}
+    for row in rows:
+        chosen = thresholds[row["category"]]  # each image's own category, not the pooled entry
+        score, label = float(row["pred_score"]), int(row["label"])
+        assert label == (0 if row["defect"] == "good" else 1), row
+        assert float(row["image_threshold"]) == pytest.approx(chosen.image)
+        assert int(row["pred_label"]) == int(score >= chosen.image), row
+        assert float(row["normalized_score"]) == pytest.approx(float(chosen.normalised_image_score(score)))
+        assert float(row["map_max"]) >= float(row["map_mean"])
+        mask = cv2.imread(str(run / row["mask_file"]), cv2.IMREAD_GRAYSCALE)
+        assert mask is not None and mask.shape == (64, 64), row["mask_file"]  # the image's native size
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        if float(row["map_max"]) < chosen.pixel:  # nothing in the map reaches the pixel threshold
+            assert not mask.any(), row
+        flagged[label].append(float((mask > 0).mean()))
+        verdicts[label].append(int(row["pred_label"]))
+    # thresholds fitted on normals flag anomalies (and their pixels) far more often than normals
+    assert np.mean(verdicts[1]) > np.mean(verdicts[0]) + 0.3, verdicts
+    assert np.mean(flagged[1]) > 2 * np.mean(flagged[0]), flagged
 
 
 def test_short_class_names_and_overrides(synth_mvtec: Path, tmp_path: Path) -> None:

@@ -64,7 +64,15 @@ class TinyModel(AnomalyModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
         return loss
 
+    def on_validation_start(self) -> None:
+        # Lightning validates *before* on_train_epoch_end: build the bank first, or validation
+        # (and the thresholds fitted on it) would score against last epoch's bank or an empty one
+        self._build_bank()
+
     def on_train_epoch_end(self) -> None:
+        self._build_bank()
+
+    def _build_bank(self) -> None:
         if self.mode != "memory" or not self._epoch_patches:
             return
         patches = torch.cat(self._epoch_patches)
