@@ -62,13 +62,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return (self._last_global_step_saved, self._last_epoch_saved) == (trainer.global_step, trainer.current_epoch)
 
     def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
-        if self.monitor is not None and self.monitor not in monitor_candidates:
-            # Nothing to rank by this epoch. Lightning writes last.ckpt only in a step where a
-            # top-k save happened, so mark this step as handled: last.ckpt is still written.
-            self._last_global_step_saved = trainer.global_step
-            self._last_epoch_saved = trainer.current_epoch
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.monitor is None or self.monitor in monitor_candidates:  # else nothing to rank by this epoch
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+        # Lightning writes last.ckpt only in a step where a top-k file was written, so an epoch that
+        # did not beat best.ckpt (or had no metric to rank by) would leave last.ckpt an epoch behind:
+        # resume would repeat epochs and `--ckpt_path last` would test an older model. Mark the step
+        # handled so that last.ckpt follows every epoch.
+        self._last_global_step_saved = trainer.global_step
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if not trainer.is_global_zero or "://" in str(filepath):
