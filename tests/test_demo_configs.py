@@ -94,9 +94,21 @@ def fit_and_test(config: Path, root: Path, out: Path, extra: list[str] = ()) -> 
             "--trainer.default_root_dir", str(out), *QUIET]
     main(["fit", *args])
     main(["test", *args, "--ckpt_path", "last"])
+    check_verdicts(next(out.rglob("latest/scores.csv")))
     metrics_csv = next(out.rglob("latest/metrics.csv"))
     return {row["category"]: {k: float(v) for k, v in row.items() if k != "category" and v not in ("", None)}
             for row in csv.DictReader(metrics_csv.open())}
+
+
+def check_verdicts(scores_csv: Path) -> None:
+    """Every test image got a verdict at thresholds fitted on held-out normals during fit, and those
+    thresholds flag a larger share of the anomalous images than of the normal ones."""
+    rows = list(csv.DictReader(scores_csv.open()))
+    missing = sorted({r["category"] for r in rows if r["pred_label"] == ""})
+    assert not missing, f"{scores_csv}: no operating threshold for {missing}"
+    rate = {label: sum(int(r["pred_label"]) for r in rows if r["label"] == label) /
+            max(1, sum(r["label"] == label for r in rows)) for label in ("0", "1")}
+    assert rate["1"] > rate["0"], f"{scores_csv}: flagged normals {rate['0']:.2f}, anomalies {rate['1']:.2f}"
 
 
 @pytest.fixture(scope="session")
