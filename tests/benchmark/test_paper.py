@@ -50,22 +50,52 @@ def test_headline_numbers(paper):
     assert len(crad) == 16  # 15 categories + mean
 
 
-def _number_pattern(value: float) -> str:
-    text = f"{value:g}"
-    if "." in text:
-        return rf"(?<![\d.]){re.escape(text)}0*(?!\d)"
-    return rf"(?<![\d.]){re.escape(text)}(?:\.0*)?(?!\d)"
+NUMBERS_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "paper_numbers.json"
+_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?!\d)")  # 99.3 in "99.3±0.1", not 9.3 of "99.3"
+
+
+def paper_numbers(text: str) -> list[float]:
+    """Every number written in a paper's text, as sorted distinct floats (99.30 and 99.3 are one)."""
+    return sorted({float(token) for token in _NUMBER.findall(text)})
+
+
+def write_paper_numbers() -> None:
+    """Refresh tests/fixtures/paper_numbers.json from the paper texts (needs ../shared/seeds)."""
+    import json
+
+    data = json.loads(NUMBERS_FIXTURE.read_text())
+    data["numbers"] = {p: paper_numbers(next(SEEDS.glob(f"{s}_*.txt")).read_text()) for p, s in SEED_OF.items()}
+    NUMBERS_FIXTURE.write_text(json.dumps(data, indent=0) + "\n")
+
+
+def test_every_value_appears_in_its_paper(paper):
+    """Each value (and std) of the table is a number its paper prints; checked against the committed
+    list of the papers' numbers, so it runs without the texts (the next test keeps the list true)."""
+    import json
+
+    numbers = {p: set(values) for p, values in json.loads(NUMBERS_FIXTURE.read_text())["numbers"].items()}
+    assert set(numbers) == set(SEED_OF) == set(paper.paper)
+    missing = [(r.paper, r.method, r.category, r.metric, r.value) for r in paper.itertuples()
+               if float(r.value) not in numbers[r.paper]]
+    missing += [(r.paper, r.method, r.category, r.metric, "std", r.std) for r in paper.itertuples()
+                if pd.notna(r.std) and float(r.std) not in numbers[r.paper]]
+    assert not missing, missing[:10]
+
+
+def test_a_value_missing_from_its_paper_is_caught(paper):
+    import json
+
+    numbers = set(json.loads(NUMBERS_FIXTURE.read_text())["numbers"]["crad_eccv24"])
+    assert 99.3 in numbers and 97.77 not in numbers and 88.88 not in numbers  # a typo would not pass
 
 
 @pytest.mark.skipif(not SEEDS.is_dir(), reason="paper texts not available")
-def test_every_value_appears_in_its_paper(paper):
-    texts = {p: next(SEEDS.glob(f"{s}_*.txt")).read_text() for p, s in SEED_OF.items()}
-    missing = [
-        (r.paper, r.method, r.category, r.metric, r.value)
-        for r in paper.itertuples()
-        if not re.search(_number_pattern(r.value), texts[r.paper])
-    ]
-    assert not missing, missing[:10]
+def test_the_committed_numbers_are_those_of_the_paper_texts():
+    import json
+
+    committed = json.loads(NUMBERS_FIXTURE.read_text())["numbers"]
+    for key, seed in SEED_OF.items():
+        assert committed[key] == paper_numbers(next(SEEDS.glob(f"{seed}_*.txt")).read_text()), key
 
 
 def test_join_gives_diff_and_source(paper):
