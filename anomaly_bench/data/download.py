@@ -297,6 +297,8 @@ def download_dataset(
     algorithm, expected = parse_checksum(pinned)
     root.parent.mkdir(parents=True, exist_ok=True)
     archive = root.parent / archive_name(url)
+    # a file:// URL naming that very path is the user's own archive: verified and unpacked, never deleted
+    own_file = _local_path(url) == archive.resolve()
     with _exclusive(root.parent):
         if (root / MARKER_NAME).is_file() or is_present(root):  # another process finished meanwhile
             return root
@@ -306,7 +308,7 @@ def download_dataset(
         _unpack_into(
             archive, root, source, {"dataset": source.name, "url": url, "checksum": f"{algorithm}:{expected}"}
         )
-        if not keep_archive:
+        if not keep_archive and not own_file:
             archive.unlink(missing_ok=True)
     _say(progress, f"{source.name} ready in {root}")
     return root
@@ -320,7 +322,7 @@ def pinned_source(source: DatasetSource, checksum: str | None) -> str:
         checksum: the checksum the user gave (None: the pinned one is used).
     """
     if checksum:
-        return "given with --checksum"
+        return "your --checksum"
     return source.checksum_source or "the catalog"
 
 
@@ -352,7 +354,12 @@ def _fetch_verified(
     if archive.is_file():
         if file_digest(archive, algorithm) == expected:
             return
-        archive.unlink()  # a stale or foreign file under that name: fetch it again
+        # Never ours: a download lands in <archive>.part and takes this name only once verified. It
+        # may be the user's own file (a file:// source, another archive): refuse rather than delete it.
+        raise DownloadError(
+            f"{archive} already exists and does not match {algorithm}:{expected} (the expected value "
+            f"is from {published}); it was left as it is: move it away, or pass another --root"
+        )
     part = archive.with_name(archive.name + PART_SUFFIX)
     for attempt in range(retries + 1):
         try:
@@ -374,9 +381,17 @@ def _fetch_verified(
         part.unlink(missing_ok=True)
         raise DownloadError(
             f"checksum mismatch for {url}: {algorithm} {actual}, expected {expected} "
-            f"(published in {published}); the file was deleted and nothing was unpacked"
+            f"(the expected value is from {published}); the download was deleted and nothing was unpacked"
         )
     os.replace(part, archive)
+
+
+def _local_path(url: str) -> Path | None:
+    """The resolved file a ``file://`` URL names; None for other schemes."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(urllib.request.url2pathname(parsed.path)).expanduser().resolve()
 
 
 class _Interrupted(Exception):

@@ -222,7 +222,7 @@ def test_wrong_checksum_is_a_clear_error_and_leaves_nothing_behind(tmp_path, ser
     parent.mkdir()
     wrong = "sha256:" + "0" * 64
     with pytest.raises(
-        dl.DownloadError, match=r"checksum mismatch .* expected 0{64} \(published in given with"
+        dl.DownloadError, match=r"checksum mismatch .* expected 0{64} \(the expected value is from your --checksum\)"
     ):
         dl.download_dataset("MVTecAD", parent / "mvtec", url=url, checksum=wrong, progress=False)
     assert _leftovers(parent, keep=set()) == []
@@ -280,6 +280,32 @@ def test_a_complete_part_file_is_verified_without_downloading_again(tmp_path, se
     dl.download_dataset("MVTecAD", tmp_path / "mvtec", url=url, checksum=sha256(data), progress=False)
     assert server.requests == [("mvtec.tar.gz", f"bytes={len(data)}-")]  # answered 416: nothing to fetch
     assert MVTecAD(tmp_path / "mvtec").categories == ["grid"]
+
+
+def test_a_local_archive_given_as_file_url_is_unpacked_and_never_deleted(tmp_path, served_dataset):
+    _, data = served_dataset
+    own = tmp_path / "mvtec.tar.gz"  # the user's only copy, right where the working copy would go
+    own.write_bytes(data)
+    url = own.as_uri()
+    with pytest.raises(dl.DownloadError, match=r"mvtec.tar.gz already exists and does not match .* left as it is"):
+        dl.download_dataset("MVTecAD", tmp_path / "mvtec", url=url, checksum="sha256:" + "0" * 64, progress=False)
+    assert own.read_bytes() == data and not (tmp_path / "mvtec").exists()
+    dl.download_dataset("MVTecAD", tmp_path / "mvtec", url=url, checksum=sha256(data), progress=False)
+    assert MVTecAD(tmp_path / "mvtec").categories == ["grid"]
+    assert own.read_bytes() == data  # still there after a successful unpack (keep_archive was not asked)
+
+
+def test_a_foreign_file_under_the_archive_name_is_refused_not_deleted(tmp_path, server, served_dataset):
+    url, data = served_dataset
+    foreign = tmp_path / "mvtec.tar.gz"
+    foreign.write_bytes(b"someone's other archive")
+    with pytest.raises(dl.DownloadError, match=r"already exists and does not match .* move it away, or pass another --root"):
+        dl.download_dataset("MVTecAD", tmp_path / "mvtec", url=url, checksum=sha256(data), progress=False)
+    assert foreign.read_bytes() == b"someone's other archive" and server.requests == []
+    # a downloaded copy (not the user's) is still removed after unpacking
+    other = tmp_path / "elsewhere"
+    dl.download_dataset("MVTecAD", other / "mvtec", url=url, checksum=sha256(data), progress=False)
+    assert sorted(p.name for p in other.iterdir()) == ["mvtec"]
 
 
 def _tar_with(member: tarfile.TarInfo, payload: bytes = b"x") -> bytes:
