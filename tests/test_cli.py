@@ -213,6 +213,30 @@ def test_predict_on_a_folder_writes_scores_and_heatmaps(synth_mvtec: Path, tmp_p
     assert len(list((run / "heatmaps").rglob("*.png"))) == len(rows)
 
 
+def test_predict_keeps_the_outputs_of_images_that_share_a_file_name(synth_mvtec: Path, tmp_path: Path) -> None:
+    import shutil
+
+    main(["fit", *base_args(synth_mvtec, tmp_path, "--trainer.max_epochs", "1")])
+    test_dir = synth_mvtec / "bottle" / "test"
+    defect = next(d for d in test_dir.iterdir() if d.name != "good")
+    folder = tmp_path / "to_score"
+    for sub, source in (("a", test_dir / "good"), ("b", defect)):  # a/000.png (normal), b/000.png (defect)
+        (folder / sub).mkdir(parents=True)
+        shutil.copy(sorted(source.glob("*.png"))[0], folder / sub / "000.png")
+    main(["predict", *base_args(synth_mvtec, tmp_path), "--ckpt_path", "last",
+          "--data.init_args.predict_path", str(folder)])
+    run = latest(tmp_path)
+    rows = {Path(r["path"]).parent.name: r for r in csv.DictReader((run / "predictions.csv").open())}
+    assert set(rows) == {"a", "b"} and rows["a"]["mask_file"] != rows["b"]["mask_file"]
+    assert all((run / r["mask_file"]).is_file() for r in rows.values())
+    assert len(list((run / "heatmaps" / "predict").rglob("*.png"))) == 2
+    # each mask is its own image's: the defect image's flags more pixels than the normal one's
+    import cv2
+
+    flagged = {k: (cv2.imread(str(run / r["mask_file"]), cv2.IMREAD_GRAYSCALE) > 0).mean() for k, r in rows.items()}
+    assert flagged["b"] > flagged["a"], flagged
+
+
 def test_wandb_offline_writes_run_files(synth_mvtec: Path, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -11,6 +11,7 @@ at each image's native size, in ``masks/<test|predict>/<category>/``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from anomaly_bench.atomic import atomic_write_bytes, atomic_write_text
 from anomaly_bench.callbacks.distributed import gather_rows
 from anomaly_bench.callbacks.rundir import run_dir_of
 from anomaly_bench.metrics.thresholds import thresholds_for
-from anomaly_bench.types import AnomalyOutput, Batch
+from anomaly_bench.types import LABEL_UNKNOWN, AnomalyOutput, Batch
 
 COLUMNS = ["path", "category", "defect", "label", "pred_score", "pred_label", "image_threshold", "normalized_score",
            "map_max", "map_mean", "mask_file"]
@@ -34,6 +35,20 @@ MASK_FOLDER = "masks"
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def image_file_name(defect: str, path: str, label: int) -> str:
+    """File name of an image's predicted mask or heat map inside its category folder.
+
+    A dataset's images are unique by defect folder and file stem (``crack_000.png``). Images of a
+    user's folder (``predict``, label unknown) may share a stem across sub-folders (``a/000.png``,
+    ``b/000.png``), so their names carry a short hash of the full path: one image never overwrites
+    another's outputs, whichever process (DDP rank) writes it.
+    """
+    stem = Path(path).stem
+    if int(label) == LABEL_UNKNOWN:
+        return safe_name(f"{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}") + ".png"
+    return safe_name(f"{defect}_{stem}") + ".png"
 
 
 class ScoreWriter(Callback):
@@ -79,7 +94,7 @@ class ScoreWriter(Callback):
                     pass
             if self.write_masks and chosen is not None and chosen.pixel is not None:  # each rank its own images
                 relative = Path(MASK_FOLDER) / stage / safe_name(category) / \
-                    f"{safe_name(batch.defect[i])}_{safe_name(Path(path).stem)}.png"
+                    image_file_name(batch.defect[i], path, labels[i])
                 size = tuple(int(v) for v in batch.orig_size[i].tolist())
                 self._write_mask(run_dir / relative, maps[i], size, chosen.pixel)
                 row["mask_file"] = str(relative)

@@ -28,7 +28,7 @@ from lightning.pytorch import Callback
 from anomaly_bench.atomic import atomic_write_bytes
 from anomaly_bench.callbacks.gallery import GalleryCollector, GalleryEntry
 from anomaly_bench.callbacks.rundir import run_dir_of
-from anomaly_bench.callbacks.scores import safe_name
+from anomaly_bench.callbacks.scores import image_file_name, safe_name
 from anomaly_bench.data.io import DataError, read_ground_truth, read_image_rgb
 from anomaly_bench.metrics.thresholds import Thresholds, thresholds_for
 from anomaly_bench.types import AnomalyOutput, Batch
@@ -261,7 +261,7 @@ def _picture(entry: GalleryEntry) -> Picture:
 
 
 def _file_name(picture: Picture) -> str:
-    return safe_name(f"{picture.defect}_{Path(picture.path).stem}") + ".png"
+    return image_file_name(picture.defect, picture.path, picture.label)
 
 
 def _gathered(gallery: GalleryCollector) -> GalleryCollector:
