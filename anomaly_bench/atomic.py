@@ -25,9 +25,20 @@ TMP_SUFFIX = ".tmp"
 
 
 def _temporary_beside(target: Path) -> tuple[int, Path]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    except OSError as err:  # name the file the caller asked for, not our temporary one
+        raise _naming(err, target) from err
     return fd, Path(name)
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """The same kind of error, about ``target`` (e.g. ``[Errno 13] Permission denied: 'out/x.json'``)."""
+    reason = err.strerror or str(err)
+    if isinstance(err, FileExistsError) or isinstance(err, NotADirectoryError):
+        reason = f"{reason} (a file stands where a folder of the path is needed)"
+    return type(err)(err.errno, reason, str(target))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -59,7 +70,10 @@ def atomic_path(target: str | os.PathLike[str], fsync: bool = True) -> Iterator[
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except IsADirectoryError as err:
+            raise IsADirectoryError(err.errno, "is a folder; expected a file path", str(target)) from err
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

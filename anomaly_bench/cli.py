@@ -667,10 +667,12 @@ def _run_extra(name: str, argv: list[str]) -> int:
 
 
 USER_ERRORS = (DataError, runs.RunDirError, CheckpointMismatchError, ConfigError, WeightsUnavailableError,
-               compat.ConfigUpgradeError)
+               compat.ConfigUpgradeError, OSError)  # OSError: an output that cannot be written, a file unreadable
 
 
 def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"  # e.g. "/proc/results: No such file or directory"
     text = str(err)
     if text.startswith("Caught ") and "Traceback" in text:
         # an error raised in a DataLoader worker: torch wraps it with the worker's traceback

@@ -354,3 +354,32 @@ def test_the_paper_protocol_is_one_switch_and_recorded(synth_mvtec: Path, tmp_pa
     main(["test", *base_args(synth_mvtec, default), "--ckpt_path", "last"])
     info = json.loads((latest(default) / "metrics.json").read_text())
     assert info["protocol"] == "default" and info["resolution"] == "native" and info["thresholds"]
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
+    from anomaly_bench.atomic import atomic_write_text
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    target = a_file / "data"  # a file stands where a folder is needed
+    with pytest.raises(OSError):
+        main(["synth", "--layout", "mvtec", "--root", str(target), "--size", "64", "--train", "2",
+              "--test-good", "1", "--per-defect", "1", "--categories", "grid"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("anomaly-bench: error: ") and str(target) in err[0], err
+    # the atomic writers name the file asked for, never their temporary file, and leave nothing behind
+    folder = tmp_path / "report.html"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="expected a file path") as info:
+        atomic_write_text(folder, "<html>")
+    assert info.value.filename == str(folder) and list(tmp_path.glob(".report.html.*")) == []
+    with pytest.raises(OSError, match="a file stands where a folder of the path is needed") as info:
+        atomic_write_text(a_file / "out.json", "{}")
+    assert info.value.filename == str(a_file / "out.json")
+
+
+def test_a_value_synth_refuses_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--layout", "mvtec", "--root", str(tmp_path / "s"), "--size", "-5"])
+    assert exit_info.value.code == 2
+    assert "error: size must be >= 32 pixels, got -5" in capsys.readouterr().err

@@ -36,11 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def synth_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``anomaly-bench synth ARGS``; returns the exit status."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    summary = write_dataset(
-        args.layout, args.root, categories=args.categories, size=args.size, seed=args.seed,
-        train=args.train, test_good=args.test_good, per_defect=args.per_defect, validation=args.validation,
-        family=args.family,
-    )
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        summary = write_dataset(
+            args.layout, args.root, categories=args.categories, size=args.size, seed=args.seed,
+            train=args.train, test_good=args.test_good, per_defect=args.per_defect, validation=args.validation,
+            family=args.family,
+        )
+    except ValueError as err:  # a value the generator refuses (size, counts, a category): usage error, exit 2
+        parser.error(str(err))
     print(summary.describe())
     return 0
