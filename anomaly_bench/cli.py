@@ -631,13 +631,24 @@ def upgrade_config_main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="where to write the converted file (never the same path)")
     args = parser.parse_args(argv)
     if not args.old.is_file():
-        raise ConfigError(f"upgrade-config: {args.old} does not exist")
+        shipped = resolve_config_path(args.old) if args.old.suffix != ".ckpt" else None
+        if shipped is None:
+            raise ConfigError(f"upgrade-config: {args.old} does not exist")
+        args.old = shipped
     if args.new.resolve() == args.old.resolve():
         raise ConfigError("upgrade-config: NEW must be another path than OLD (the original is kept)")
+    is_checkpoint = args.old.suffix == ".ckpt"
+    if args.new.suffix.lower() in ((".yaml", ".yml") if is_checkpoint else (".ckpt",)):
+        raise ConfigError(f"upgrade-config: {args.old} is a {'checkpoint' if is_checkpoint else 'config'}; "
+                          f"NEW {args.new} should end in {'.ckpt' if is_checkpoint else '.yaml'}")
     from anomaly_bench.atomic import atomic_path, atomic_write_text
 
-    if args.old.suffix == ".ckpt":
-        checkpoint = torch.load(args.old, map_location="cpu", weights_only=True)
+    if is_checkpoint:
+        try:
+            checkpoint = torch.load(args.old, map_location="cpu", weights_only=True)
+        except Exception as err:  # not a torch file, truncated, or holding objects we never write
+            raise ConfigError(f"upgrade-config: {args.old} is not a readable anomaly_bench checkpoint "
+                              f"({type(err).__name__})") from None
         model_class = _import_class((checkpoint.get(CHECKPOINT_KEY) or {}).get("model_class"))
         if model_class is None:
             raise ConfigError(f"upgrade-config: {args.old} names no anomaly_bench model class")
@@ -650,6 +661,8 @@ def upgrade_config_main(argv: list[str] | None = None) -> int:
             config = yaml.safe_load(args.old.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"upgrade-config: {args.old} is not valid YAML ({str(err).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"upgrade-config: {args.old} is neither a config (.yaml) nor a checkpoint (.ckpt)") from None
         if not isinstance(config, dict):
             raise ConfigError(f"upgrade-config: {args.old} is not a config (expected a mapping)")
         notes = compat.upgrade_config(config, _import_class)

@@ -46,12 +46,17 @@ def read_configs(paths: Sequence[str]) -> dict[str, Any]:
         paths: the config files, in the order given on the command line.
     """
     merged: dict[str, Any] = {}
+    from anomaly_bench.shipped import resolve_config_path
+
     for path in paths:
-        file = Path(path)
+        file = resolve_config_path(path) or Path(path)  # a shipped name (demo/crad, crad_mvtec) works too
         try:
             loaded = yaml.safe_load(file.read_text())
         except OSError as err:
             raise ConfigReadError(f"cannot read config {file}: {err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise ConfigReadError(f"config {file} is not a text (YAML) file; a checkpoint? "
+                                  "pass the run's config.yaml") from None
         except yaml.YAMLError as err:
             raise ConfigReadError(f"config {file} is not valid YAML: {err}") from None
         if loaded is None:

@@ -99,6 +99,27 @@ def test_old_config_and_checkpoint_run_through_the_cli(tmp_path: Path, capsys) -
     assert len(scores) == len(test_images) and all(math.isfinite(float(r["pred_score"])) for r in scores)
 
 
+def test_upgrade_config_names_what_it_refuses_and_takes_shipped_names(tmp_path: Path, monkeypatch) -> None:
+    from anomaly_bench.cli import ConfigError
+
+    garbage = tmp_path / "notes.ckpt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"notes.ckpt is not a readable anomaly_bench checkpoint"):
+        main(["upgrade-config", str(garbage), str(tmp_path / "out.ckpt")])
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"neither a config \(.yaml\) nor a checkpoint"):
+        main(["upgrade-config", str(binary), str(tmp_path / "out.yaml")])
+    with pytest.raises(ConfigError, match=r"is a checkpoint; NEW .*out.yaml should end in .ckpt"):
+        main(["upgrade-config", str(LEGACY / "crad.ckpt"), str(tmp_path / "out.yaml")])
+    with pytest.raises(ConfigError, match=r"is a config; NEW .*out.ckpt should end in .yaml"):
+        main(["upgrade-config", str(LEGACY / "crad.yaml"), str(tmp_path / "out.ckpt")])
+    assert not list(tmp_path.glob("out.*"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["upgrade-config", "demo/crad", "crad.yaml"]) == 0
+    assert "class_path: anomaly_bench.models.CRAD" in (tmp_path / "crad.yaml").read_text()
+
+
 def test_conflicting_old_and_new_names_are_refused() -> None:
     from anomaly_bench.models.crad.lightning_model import CRAD
 

@@ -339,3 +339,13 @@ def test_weights_command_demo_configs_need_nothing_and_bad_configs_exit_2(tmp_pa
     assert "no pretrained parts" in capsys.readouterr().out
     assert weights_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read config" in capsys.readouterr().err
+    binary = tmp_path / "last.ckpt"
+    binary.write_bytes(bytes(range(256)))
+    assert weights_main(["--config", str(binary)]) == 2
+    assert "is not a text (YAML) file; a checkpoint?" in capsys.readouterr().err
+
+
+def test_weights_command_takes_shipped_config_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the repository: only the packaged copies can answer
+    assert weights_main(["--config", "demo/patchcore"]) == 0
+    assert "PatchCore: no pretrained parts" in capsys.readouterr().out
