@@ -160,6 +160,75 @@ def _class_name(spec: Any) -> str:
     return str(class_path).rsplit(".", 1)[-1] if class_path else "Unknown"
 
 
+_NOT_ACCEPTED = re.compile(r"class_path '([\w.]+)':\s*\n?\s*Option '(\w+)' is not accepted")
+_KEY_OF_ERROR = re.compile(r'Parser key "([\w.]+)"')
+
+
+class CompactErrorParser(LightningArgumentParser):
+    """The CLI's parser: a mistake in a config or option is a short message, not the 50-line usage.
+
+    jsonargparse prints the whole usage before every error, and for a misspelt model or data option
+    an error about every Union member; this keeps the message, names the key, adds the closest option
+    names and points at ``--help``. ``ANOMALY_BENCH_DEBUG`` (or jsonargparse's debug mode) gives the
+    full original.
+    """
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        from jsonargparse._common import debug_mode_active  # noqa: PLC0415  (private: only for the same switch)
+
+        if not self.exit_on_error or debug_mode_active() or os.environ.get("ANOMALY_BENCH_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        sys.stderr.write(f"anomaly-bench: error: {_readable_parse_error(message)}\n"
+                         f"  (every option: {parser.prog.replace(' [options]', '')} --help; a method's: "
+                         "--model.help NAME)\n")
+        self.exit(2)
+
+
+_BAD_INIT_VALUE = re.compile(r"class_path '([\w.]+)':\s*\n\s*Parser key \"(\w+)\":\s*\n\s*(Expected .*)")
+_BAD_INIT_UNION = re.compile(r"class_path '([\w.]+)':\s*\n\s*Parser key \"(\w+)\":\s*\n\s*Does not validate[^\n]*\n"
+                             r"\s*Subtypes: ([^\n]*)\n[\s\S]*?Given value: ([^\n]*)")
+_BAD_OPTIONAL_VALUE = re.compile(r"Subtypes: \[<class '(\w+)'>, <class 'NoneType'>\][\s\S]*Given value: (.*)")
+
+
+def _readable_parse_error(message: str) -> str:
+    """jsonargparse's message, shortened where it lists every Union member, with close option names."""
+    key = _KEY_OF_ERROR.search(message)
+    bad_value = _BAD_INIT_VALUE.search(message)
+    if bad_value is not None:  # a model / data option with a value of the wrong type
+        class_path, option, expected = bad_value.groups()
+        where = f"{key.group(1)}.init_args.{option}" if key else option
+        expected = re.sub(r"Expected a <class '(?:[\w.]+\.)?(\w+)'>\. Got value: ", r"expected \1, got ", expected.strip())
+        return f"{where} ({class_path.rsplit('.', 1)[-1]}): {expected}"
+    nested = _BAD_INIT_UNION.search(message)
+    if nested is not None:  # a model / data option whose type is a Union (int or a list of ints, ...)
+        class_path, option, subtypes, given = nested.groups()
+        where = f"{key.group(1)}.init_args.{option}" if key else option
+        kinds = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", subtypes.strip()[1:-1]).replace("typing.", "")
+        return f"{where} ({class_path.rsplit('.', 1)[-1]}): expected {kinds}, got {given.strip()}"
+    optional = _BAD_OPTIONAL_VALUE.search(message)
+    if optional is not None and key is not None and "class_path" not in message:  # e.g. trainer.max_epochs
+        return f"{key.group(1)}: expected {optional.group(1)} (or null), got {optional.group(2).strip()!r}"
+    match = _NOT_ACCEPTED.search(message)
+    if match is None:
+        return message.strip()
+    class_path, option = match.groups()
+    cls = _import_class(class_path)
+    where = f"{key.group(1)}.init_args.{option}" if key else option
+    hint = ""
+    if cls is not None:
+        from jsonargparse import ArgumentParser
+
+        probe = ArgumentParser(exit_on_error=False)
+        probe.add_class_arguments(cls, "x", fail_untyped=False)
+        names = sorted({flag[4:] for action in probe._actions for flag in action.option_strings
+                        if flag.startswith("--x.") and flag.count(".") == 1 and not flag.endswith(".help")})
+        close = difflib.get_close_matches(option, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
+            f"; its options: {', '.join(names)}"
+    return f"{where}: {option!r} is not an option of {class_path.rsplit('.', 1)[-1]}{hint}"
+
+
 class AnomalyBenchCLI(LightningCLI):
     """LightningCLI with anomaly_bench's run directories, checkpoint rules and defaults."""
 
@@ -171,6 +240,7 @@ class AnomalyBenchCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("trainer_defaults", {"default_root_dir": DEFAULT_ROOT})
+        kwargs.setdefault("parser_class", CompactErrorParser)
         parser_kwargs = kwargs.pop("parser_kwargs", {}) or {}
         parser_kwargs.setdefault("description", _description())
         parser_kwargs.setdefault("formatter_class", _RawFormatter)

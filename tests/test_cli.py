@@ -260,6 +260,27 @@ def test_unknown_config_key_names_the_key(synth_mvtec: Path, tmp_path: Path, cap
     assert "no_such_option" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--model.init_args.coreset_ration", "0.1",
+     "model.init_args.coreset_ration: 'coreset_ration' is not an option of PatchCore; did you mean 'coreset_ratio'"),
+    ("--data.init_args.batchsize", "4",
+     "data.init_args.batchsize: 'batchsize' is not an option of MVTecAD; did you mean 'batch_size'"),
+    ("--model.init_args.coreset_ratio", "abc", "model.init_args.coreset_ratio (PatchCore): expected float, got abc"),
+    ("--data.init_args.image_size", "sixty",
+     "data.init_args.image_size (MVTecAD): expected int, Sequence[int], got sixty"),
+    ("--trainer.max_epochs", "many", "trainer.max_epochs: expected int (or null), got 'many'"),
+])
+def test_a_config_mistake_is_a_short_message_naming_the_key(tmp_path: Path, capsys, flag, value, expected) -> None:
+    config = str(REPO_ROOT / "configs" / "demo" / "patchcore.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", config, "--trainer.default_root_dir", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("anomaly-bench: error: ") and expected in lines[0], err
+    assert len(lines) == 2 and "--help" in lines[1] and "usage:" not in err  # no 50-line usage first
+
+
 def test_wrong_type_names_the_key(synth_mvtec: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", *base_args(synth_mvtec, tmp_path, "--trainer.max_epochs", "many")])
