@@ -451,8 +451,24 @@ class AnomalyBenchCLI(LightningCLI):
                 _print(f"scores:        {predictions}")
 
 
+def _looks_like_text(path: str) -> bool:
+    with open(path, "rb") as handle:
+        sample = handle.read(512)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in sample
+
+
 def _read_checkpoint(ckpt: str) -> dict[str, Any]:
     """The checkpoint's bookkeeping (class, hyper-parameters, weight shapes), tensors only."""
+    with open(ckpt, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":  # torch.save's zip archive; anything else is not a checkpoint we wrote
+        kind = "empty" if not head else "a text file (a config?)" if _looks_like_text(ckpt) else "another kind of file"
+        raise CheckpointMismatchError(f"--ckpt_path {ckpt} is not a PyTorch checkpoint: it is {kind}; expected the "
+                                      "last.ckpt / best.ckpt a fit wrote (or last / best)")
     try:
         payload = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:

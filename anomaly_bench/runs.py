@@ -181,7 +181,12 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path | None) -> str | Non
                 f"{LAST_CKPT}); did the fit finish its first epoch?"
             )
         return str(found)
-    if not Path(ckpt_path).is_file():
+    path = Path(ckpt_path)
+    if path.is_dir():
+        inside = [p for p in (path / CHECKPOINT_DIR / LAST_CKPT, path / LAST_CKPT) if p.is_file()]
+        hint = f"; did you mean {inside[0]}?" if inside else " (expected a .ckpt file, or last / best)"
+        raise RunDirError(f"--ckpt_path {ckpt_path} is a folder{hint}")
+    if not path.is_file():
         raise RunDirError(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
     return ckpt_path
 

@@ -99,12 +99,22 @@ def test_garbage_and_truncated_checkpoints_are_one_line_errors(synth_mvtec: Path
     main(["fit", *base_args(synth_mvtec, tmp_path)])
     real = (latest(tmp_path) / "checkpoints" / "last.ckpt").read_bytes()
     garbage, truncated = tmp_path / "garbage.ckpt", tmp_path / "truncated.ckpt"
-    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    garbage.write_bytes(bytes(range(256)) * 4)
     truncated.write_bytes(real[: len(real) // 2])
-    for bad in (garbage, truncated):
-        with pytest.raises(CheckpointMismatchError, match=f"cannot read checkpoint {bad}") as info:
+    config_file, empty = tmp_path / "config.ckpt", tmp_path / "empty.ckpt"
+    config_file.write_text("model:\n  class_path: anomaly_bench.models.CRAD\n")
+    empty.write_bytes(b"")
+    expected = {garbage: f"{garbage} is not a PyTorch checkpoint: it is another kind of file",
+                truncated: f"cannot read checkpoint {truncated}",
+                config_file: f"{config_file} is not a PyTorch checkpoint: it is a text file \\(a config\\?\\)",
+                empty: f"{empty} is not a PyTorch checkpoint: it is empty"}
+    for bad, message in expected.items():
+        with pytest.raises(CheckpointMismatchError, match=message) as info:
             main(["test", *base_args(synth_mvtec, tmp_path), "--ckpt_path", str(bad)])
         assert "\n" not in str(info.value)
+    run = latest(tmp_path)
+    with pytest.raises(runs.RunDirError, match=f"is a folder; did you mean {run / 'checkpoints' / 'last.ckpt'}"):
+        main(["test", *base_args(synth_mvtec, tmp_path), "--ckpt_path", str(run)])
 
 
 # ------------------------------------------------------------------- issue 17.3: resume keeps curves
