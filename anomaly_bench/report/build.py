@@ -43,7 +43,20 @@ def _render(
             f"{path}: no run below it (no folder holding metrics.json); "
             "give a run directory or a grid's output folder"
         )
+    _check_metric(metric, runs)
     return grid_page(runs, info or read_grid_info(path), path, output, metric, paper_path, side, rows)
+
+
+def _check_metric(metric: str, runs: Sequence[Any]) -> None:
+    """``metric`` must be a column of some run's metrics table (a typo would give empty tables)."""
+    import difflib
+
+    known = sorted({key for run in runs for row in (run.metrics.get("rows") or []) if isinstance(row, dict)
+                    for key, value in row.items() if key != "category" and not isinstance(value, str)})
+    if known and metric not in known:
+        close = difflib.get_close_matches(metric, known, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ReportInputError(f"--metric {metric!r} is not in these runs' metrics; {hint}known: {', '.join(known)}")
 
 
 def build_report(
@@ -128,7 +141,13 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: the arguments after ``report``.
     """
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not args.max_mb > 0:
+        parser.error(f"--max_mb must be a size above 0 MiB, got {args.max_mb:g}")
+    if args.paper_results is not None and not Path(args.paper_results).is_file():
+        parser.error(f"--paper_results {args.paper_results} does not exist (expected a CSV like "
+                     "benchmarks/paper_results.csv)")
     try:
         path = build_report(
             args.path,

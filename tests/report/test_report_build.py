@@ -237,6 +237,20 @@ def test_cli(fixture_grid, tmp_path, capsys):
         assert flag in helptext
 
 
+def test_cli_refuses_an_unknown_metric_and_bad_options(fixture_grid, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert report_main([str(fixture_grid), "--output", str(out), "--metric", "image_aurco"]) == 2
+    error = capsys.readouterr().err
+    assert "--metric 'image_aurco' is not in these runs' metrics; did you mean 'image_auroc'" in error
+    assert "pixel_aupro" in error and not out.exists()  # the known names are listed, nothing is written
+    for flags, message in ((["--max_mb", "-1"], "--max_mb must be a size above 0 MiB, got -1"),
+                           (["--paper_results", str(tmp_path / "nope.csv")], "nope.csv does not exist")):
+        with pytest.raises(SystemExit) as done:
+            report_main([str(fixture_grid), "--output", str(out), *flags])
+        assert done.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_thresholds_in_either_metrics_json_shape(fixture_grid, tmp_path):
     from anomaly_bench.report.collect import read_run
 
