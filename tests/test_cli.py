@@ -235,6 +235,13 @@ def test_predict_keeps_the_outputs_of_images_that_share_a_file_name(synth_mvtec:
 
     flagged = {k: (cv2.imread(str(run / r["mask_file"]), cv2.IMREAD_GRAYSCALE) > 0).mean() for k, r in rows.items()}
     assert flagged["b"] > flagged["a"], flagged
+    # a second predict on one image: its outputs replace the first run's, none is left unlisted
+    main(["predict", *base_args(synth_mvtec, tmp_path), "--ckpt_path", "last",
+          "--data.init_args.predict_path", str(folder / "a" / "000.png")])
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    masks = sorted(str(p.relative_to(run)) for p in (run / "masks" / "predict").rglob("*.png"))
+    assert masks == [rows[0]["mask_file"]] and len(rows) == 1
+    assert len(list((run / "heatmaps" / "predict").rglob("*.png"))) == 1
 
 
 def test_wandb_offline_writes_run_files(synth_mvtec: Path, tmp_path: Path, monkeypatch) -> None:

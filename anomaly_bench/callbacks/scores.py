@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,20 @@ def image_file_name(defect: str, path: str, label: int) -> str:
     if int(label) == LABEL_UNKNOWN:
         return safe_name(f"{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}") + ".png"
     return safe_name(f"{defect}_{stem}") + ".png"
+
+
+def clear_stage_outputs(trainer: Any, *folders: str) -> None:
+    """Remove a previous run of this stage's per-image outputs (``masks/predict`` ...) before writing.
+
+    The stage's CSV is replaced whole; without this, files of images the new run does not score (an
+    earlier predict on another folder, one that failed half-way) would stay beside it unlisted.
+    Rank 0 removes them and every rank waits, so no rank writes into a folder being removed.
+    """
+    if trainer.is_global_zero:
+        run_dir = run_dir_of(trainer)
+        for folder in folders:
+            shutil.rmtree(run_dir / folder, ignore_errors=True)
+    trainer.strategy.barrier("clear_stage_outputs")
 
 
 class ScoreWriter(Callback):
@@ -121,6 +136,8 @@ class ScoreWriter(Callback):
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._rows = []
+        if self.write_masks:
+            clear_stage_outputs(trainer, f"{MASK_FOLDER}/test")
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
@@ -131,6 +148,8 @@ class ScoreWriter(Callback):
 
     def on_predict_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._rows = []
+        if self.write_masks:
+            clear_stage_outputs(trainer, f"{MASK_FOLDER}/predict")
 
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:

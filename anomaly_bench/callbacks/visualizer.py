@@ -28,7 +28,7 @@ from lightning.pytorch import Callback
 from anomaly_bench.atomic import atomic_write_bytes
 from anomaly_bench.callbacks.gallery import GalleryCollector, GalleryEntry
 from anomaly_bench.callbacks.rundir import run_dir_of
-from anomaly_bench.callbacks.scores import image_file_name, safe_name
+from anomaly_bench.callbacks.scores import clear_stage_outputs, image_file_name, safe_name
 from anomaly_bench.data.io import DataError, read_ground_truth, read_image_rgb
 from anomaly_bench.metrics.thresholds import Thresholds, thresholds_for
 from anomaly_bench.types import AnomalyOutput, Batch
@@ -180,6 +180,8 @@ class Visualizer(Callback):
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._gallery = GalleryCollector(per_class=self.per_class, seed=self.selection_seed,
                                          max_side=self.display_size)
+        if self.enabled:
+            clear_stage_outputs(trainer, "heatmaps/test")  # an earlier test's pictures
 
     def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
@@ -218,6 +220,8 @@ class Visualizer(Callback):
     # --------------------------------------------------------------------------- predict
     def on_predict_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._predicted = []
+        if self.enabled:
+            clear_stage_outputs(trainer, "heatmaps/predict")  # an earlier predict's pictures
 
     def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
