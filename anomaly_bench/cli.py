@@ -615,6 +615,20 @@ def _data_alias(value: str, key: str = "--data") -> str:
 _OLD_MODEL_KEY = re.compile(r"^--model\.(?:init_args\.)?(\w+)$")
 
 
+def options_before_a_config(argv: list[str]) -> list[str]:
+    """Options given before a later ``--config``: jsonargparse applies arguments in order, so the
+    config's values replace them (``fit --trainer.max_epochs 1 --config x.yaml`` trains x's epochs)."""
+    seen: list[str] = []
+    late: list[str] = []
+    for arg in argv[1:]:
+        key = arg.split("=", 1)[0]
+        if key in ("--config", "-c"):
+            late += [k for k in seen if k not in late]
+        elif key.startswith("--") and key.count(".") >= 1 and not key.endswith(".help"):
+            seen.append(key)
+    return late
+
+
 def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """Resolve short model names and upgrade 0.1 option names in config files and on the command
     line. Returns the new argv and the deprecation notes to print."""
@@ -796,6 +810,10 @@ def main(args: list[str] | None = None) -> int:
                 # dispatched by name like the extra subcommands (export_cli builds on this module)
                 module_name, function_name = PREDICT_WITH_EXPORT
                 return int(getattr(importlib.import_module(module_name), function_name)(argv[1:]) or 0)
+            late = options_before_a_config(argv)
+            if late:
+                print(f"anomaly-bench: note: {', '.join(late)} come(s) before a --config, whose values replace "
+                      "them; put --config first to override it", file=sys.stderr)
             argv, notes = prepare_argv(argv)
             for note in notes:
                 print(f"anomaly-bench: deprecated: {note}", file=sys.stderr)

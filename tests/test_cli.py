@@ -288,6 +288,21 @@ def test_a_config_mistake_is_a_short_message_naming_the_key(tmp_path: Path, caps
     assert len(lines) == 2 and "--help" in lines[1] and "usage:" not in err  # no 50-line usage first
 
 
+def test_an_option_before_a_later_config_is_pointed_out(tmp_path: Path, capsys) -> None:
+    from anomaly_bench.cli import options_before_a_config
+
+    config = str(REPO_ROOT / "configs" / "demo" / "crad.yaml")
+    assert options_before_a_config(["fit", "--config", config, "--trainer.max_epochs", "1"]) == []
+    assert options_before_a_config(["fit", "--trainer.max_epochs", "1", "--data.init_args.root=x", "--config", config]) \
+        == ["--trainer.max_epochs", "--data.init_args.root"]
+    with pytest.raises(SystemExit):
+        main(["fit", "--trainer.max_epochs", "7", "--config", config, "--trainer.default_root_dir", str(tmp_path),
+              "--print_config"])
+    captured = capsys.readouterr()
+    assert "note: --trainer.max_epochs come(s) before a --config, whose values replace them" in captured.err
+    assert "max_epochs: 7\n" not in captured.out  # what the note warns about: the config's value (15) won
+
+
 def test_wrong_type_names_the_key(synth_mvtec: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", *base_args(synth_mvtec, tmp_path, "--trainer.max_epochs", "many")])
