@@ -36,7 +36,7 @@ def _temporary_beside(target: Path) -> tuple[int, Path]:
 def _naming(err: OSError, target: Path) -> OSError:
     """The same kind of error, about ``target`` (e.g. ``[Errno 13] Permission denied: 'out/x.json'``)."""
     reason = err.strerror or str(err)
-    if isinstance(err, FileExistsError) or isinstance(err, NotADirectoryError):
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
         reason = f"{reason} (a file stands where a folder of the path is needed)"
     return type(err)(err.errno, reason, str(target))
 

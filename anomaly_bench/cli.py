@@ -451,9 +451,7 @@ class AnomalyBenchCLI(LightningCLI):
                 _print(f"scores:        {predictions}")
 
 
-def _looks_like_text(path: str) -> bool:
-    with open(path, "rb") as handle:
-        sample = handle.read(512)
+def _looks_like_text(sample: bytes) -> bool:
     try:
         sample.decode("utf-8")
     except UnicodeDecodeError:
@@ -464,9 +462,9 @@ def _looks_like_text(path: str) -> bool:
 def _read_checkpoint(ckpt: str) -> dict[str, Any]:
     """The checkpoint's bookkeeping (class, hyper-parameters, weight shapes), tensors only."""
     with open(ckpt, "rb") as handle:
-        head = handle.read(4)
-    if head != b"PK\x03\x04":  # torch.save's zip archive; anything else is not a checkpoint we wrote
-        kind = "empty" if not head else "a text file (a config?)" if _looks_like_text(ckpt) else "another kind of file"
+        head = handle.read(512)
+    if head[:4] != b"PK\x03\x04":  # torch.save's zip archive; anything else is not a checkpoint we wrote
+        kind = "empty" if not head else "a text file (a config?)" if _looks_like_text(head) else "another kind of file"
         raise CheckpointMismatchError(f"--ckpt_path {ckpt} is not a PyTorch checkpoint: it is {kind}; expected the "
                                       "last.ckpt / best.ckpt a fit wrote (or last / best)")
     try:
@@ -642,13 +640,13 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
         key = arg.split("=", 1)[0]
         if key in ("--model.help", "--data.help"):
             # jsonargparse wants a class path here; accept the names --model / --data accept
-            value, index = _option_value(argv, index)
+            value, after = _option_value(argv, index)
             if value is not None and not value.startswith("-"):
-                value = _model_alias(value, key) if key == "--model.help" else _data_alias(value, key)
-                out += [key, value]
-            else:
-                out.append(key)
-                index -= value is not None  # that "value" was the next option: keep it
+                out += [key, _model_alias(value, key) if key == "--model.help" else _data_alias(value, key)]
+                index = after
+            else:  # no name given (or the next option follows): leave it to jsonargparse
+                out.append(arg)
+                index += 1
             continue
         if key in ("--model", "--data"):
             value, index = _option_value(argv, index)
